@@ -1,0 +1,1 @@
+"""bcnmf_sc.datasets"""

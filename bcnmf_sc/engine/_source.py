@@ -1,0 +1,172 @@
+"""Row-batch access to dense, sparse and backed (h5ad) matrices.
+
+The engine never holds more than one batch of cells dense: a :class:`RowSource` selects rows
+(cells) and columns (genes) of an underlying matrix and densifies one batch at a time, converting the
+dtype per batch, not up front.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+
+try:  # anndata's backed sparse datasets (CSRDataset / CSCDataset)
+    from anndata.abc import CSCDataset, CSRDataset
+
+    _BACKED_SPARSE: tuple[type, ...] = (CSRDataset, CSCDataset)
+except ImportError:  # pragma: no cover - older anndata
+    _BACKED_SPARSE = ()
+
+try:
+    import h5py
+
+    _BACKED_DENSE: tuple[type, ...] = (h5py.Dataset,)
+except ImportError:  # pragma: no cover
+    _BACKED_DENSE = ()
+
+
+def _matrix_dtype(matrix) -> np.dtype:
+    return np.dtype(matrix.dtype)
+
+
+def check_dtype(dtype: np.dtype, *, name: str) -> None:
+    """Refuse dtypes that are not real numbers (bool, object, complex, strings)."""
+    if dtype.kind not in "iuf":
+        raise TypeError(
+            f"{name} has dtype {dtype}, which is not supported: pass real numbers (integer or float counts "
+            "or expression values), not bool, object, complex or strings."
+        )
+
+
+@dataclass
+class Summary:
+    """Statistics of one pass over a :class:`RowSource`, used for α*, initialisation and collapse checks."""
+
+    col_sums: np.ndarray  # per gene, float64
+    row_sums: np.ndarray  # per cell, float64
+    sum_xlogx: float
+    sum_sq: float
+    nnz: int
+    is_integer: bool
+
+
+class RowSource:
+    """Cells (rows) and genes (columns) of a matrix, read in dense float batches.
+
+    Parameters
+    ----------
+    matrix
+        A numpy array, a scipy sparse matrix or array (CSR or CSC), an h5py dataset or an anndata backed
+        sparse dataset (``AnnData(..., backed="r").X``).
+    rows
+        Indices of the rows to use (sorted ascending for backed data); all rows when ``None``.
+    cols
+        Indices of the columns to use; all columns when ``None``.
+    name
+        Used in error messages.
+    """
+
+    def __init__(self, matrix, *, rows: np.ndarray | None = None, cols: np.ndarray | None = None, name: str = "X"):
+        self.name = name
+        self.backed = isinstance(matrix, _BACKED_SPARSE + _BACKED_DENSE)
+        if self.backed and isinstance(matrix, _BACKED_SPARSE) and getattr(matrix, "format", "csr") == "csc":
+            raise ValueError(
+                f"{name} is a backed CSC matrix: reading cells in chunks needs CSR on disk. "
+                "Convert the file to CSR or load it into memory."
+            )
+        if not self.backed:
+            if isinstance(matrix, np.matrix):
+                matrix = np.asarray(matrix)
+            elif sp.issparse(matrix) and matrix.format != "csr":
+                matrix = sp.csr_matrix(matrix)  # one nnz-sized copy; row slicing of CSC is slow
+            elif not sp.issparse(matrix):
+                matrix = np.asarray(matrix)
+                if matrix.ndim != 2:
+                    raise ValueError(f"{name} must be a 2-D matrix, got shape {matrix.shape}.")
+        check_dtype(_matrix_dtype(matrix), name=name)
+        self.matrix = matrix
+        n_total_rows, n_total_cols = matrix.shape
+        self.rows = None if rows is None else np.asarray(rows, dtype=np.int64)
+        self.cols = None if cols is None else np.asarray(cols, dtype=np.int64)
+        if self.rows is not None and self.backed and np.any(np.diff(self.rows) <= 0):
+            raise ValueError("rows of a backed matrix must be sorted ascending and unique.")
+        self.n_rows = n_total_rows if self.rows is None else len(self.rows)
+        self.n_cols = n_total_cols if self.cols is None else len(self.cols)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_rows, self.n_cols
+
+    def with_cols(self, cols: np.ndarray) -> RowSource:
+        """A source over the same rows and a subset ``cols`` (indices into this source's columns)."""
+        new_cols = np.asarray(cols, dtype=np.int64) if self.cols is None else self.cols[cols]
+        return RowSource(self.matrix, rows=self.rows, cols=new_cols, name=self.name)
+
+    def shard(self, rank: int, world_size: int) -> RowSource:
+        """Every ``world_size``-th row starting at ``rank`` (data-parallel fitting)."""
+        rows = np.arange(self.n_rows) if self.rows is None else self.rows
+        return RowSource(self.matrix, rows=rows[rank::world_size], cols=self.cols, name=self.name)
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """Dense float32 block of the rows at ``positions`` (indices into this source's rows)."""
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = positions if self.rows is None else self.rows[positions]
+        if self.backed:
+            # read one contiguous range from disk, then pick the requested rows
+            start, stop = int(rows.min()), int(rows.max()) + 1
+            block = self.matrix[start:stop]
+            if len(rows) != stop - start or np.any(np.diff(rows) != 1):
+                block = block[rows - start]
+        else:
+            block = self.matrix[rows]
+        if self.cols is not None:
+            block = block[:, self.cols]
+        if sp.issparse(block):
+            block = block.toarray()
+        return np.asarray(block, dtype=np.float32)
+
+    def batches(self, n_batches: int, *, rng: np.random.Generator | None = None) -> list[np.ndarray]:
+        """Row positions split into ``n_batches`` near-equal batches, shuffled with ``rng`` when given.
+
+        Without ``rng`` batches are contiguous and in order. In memory, ``rng`` permutes the rows; for
+        backed data the batches stay contiguous on disk and only their order is shuffled (one read each).
+        """
+        n_batches = int(min(max(1, n_batches), max(1, self.n_rows)))
+        if rng is None or self.backed:
+            chunks = np.array_split(np.arange(self.n_rows), n_batches)
+            if rng is not None:
+                chunks = [chunks[i] for i in rng.permutation(len(chunks))]
+            return chunks
+        return [np.sort(chunk) for chunk in np.array_split(rng.permutation(self.n_rows), n_batches)]
+
+    def summarize(self, batch_size: int = 4096) -> Summary:
+        """One pass: validate values and collect row/column sums, Σ x log x, Σ x², nnz, integrality."""
+        col_sums = np.zeros(self.n_cols, dtype=np.float64)
+        row_sums = np.zeros(self.n_rows, dtype=np.float64)
+        sum_xlogx = sum_sq = 0.0
+        nnz = 0
+        is_integer = True
+        for positions in self.batches(-(-self.n_rows // batch_size)):
+            block = self.read(positions).astype(np.float64)
+            if not np.all(np.isfinite(block)):
+                raise ValueError(f"{self.name} contains NaN or infinite values; remove or impute them first.")
+            if np.any(block < 0):
+                raise ValueError(
+                    f"{self.name} contains negative values; NMF needs non-negative data "
+                    "(raw counts, or log-normalised values, not scaled/centred data)."
+                )
+            col_sums += block.sum(axis=0)
+            row_sums[positions] = block.sum(axis=1)
+            positive = block[block > 0]
+            nnz += positive.size
+            sum_xlogx += float(np.sum(positive * np.log(positive)))
+            sum_sq += float(np.sum(positive * positive))
+            is_integer = is_integer and bool(np.all(positive == np.round(positive)))
+        return Summary(col_sums, row_sums, sum_xlogx, sum_sq, nnz, is_integer)
+
+
+def as_source(data, *, name: str) -> RowSource:
+    """Wrap ``data`` in a :class:`RowSource` unless it already is one."""
+    return data if isinstance(data, RowSource) else RowSource(data, name=name)
