@@ -226,26 +226,32 @@ def _solve_depth(profile: np.ndarray, k_want: np.ndarray) -> np.ndarray:
     sum to 1), so Newton's method started at ``c = k_want`` approaches the root from below.
     """
     c = k_want.astype(np.float32)
-    n_genes = profile.shape[1]
-    active = None  # all rows (avoids a copy in the first, usually decisive, iterations)
-    for _ in range(_NEWTON_MAX_ITER):
-        p = profile if active is None else profile[active]
-        ca = c if active is None else c[active]
-        kw = k_want if active is None else k_want[active]
+    n_rows, n_genes = profile.shape
+    active = np.arange(n_rows)
+    for it in range(_NEWTON_MAX_ITER):
+        # work on all rows while many are unconverged (a row subset costs a copy)
+        subset = active.size < n_rows // 4
+        p = profile[active] if subset else profile
+        ca = c[active] if subset else c
+        kw = k_want[active] if subset else k_want
         e = np.multiply(p, -ca[:, None])
+        # exp(-30) ~ 1e-13 is zero for the sum; the clip keeps exp and the products below
+        # away from float32 denormals, which are very slow
+        np.maximum(e, -30.0, out=e)
         np.exp(e, out=e)
         f = (n_genes - e.sum(axis=1)) - kw
         e *= p
-        fprime = e.sum(axis=1)
-        step = -f / np.maximum(fprime, np.float32(1e-30))
-        if active is None:
-            c += step
-            active = np.flatnonzero(np.abs(f) > _NEWTON_RTOL * kw)
-        else:
+        step = -f / np.maximum(e.sum(axis=1), np.float32(1e-30))
+        unconverged = np.abs(f) > _NEWTON_RTOL * kw
+        if subset:
             c[active] += step
-            active = active[np.abs(f) > _NEWTON_RTOL * kw]
+            active = active[unconverged]
+        else:
+            c[active] += step[active]
+            active = np.flatnonzero(unconverged)
         if active.size == 0:
             break
+    logger.debug("depth solve: %d Newton iterations", it + 1)
     return c.astype(np.float32)
 
 
