@@ -150,8 +150,9 @@ def sparse_counts(
         "random_state": describe_seed(random_state),
         "model": "X ~ Poisson(true_usages @ true_loadings.T)",
     }
+    work = _Workspace(min(chunk_size, n_cells), n_genes)
     chunks = (
-        _chunk(np.random.default_rng(seed), W, is_target[start : start + chunk_size], n_target_topics, density)
+        _chunk(np.random.default_rng(seed), W, is_target[start : start + chunk_size], n_target_topics, density, work)
         for seed, start in zip(chunk_seeds, range(0, n_cells, chunk_size))
     )
     if path is None:
@@ -176,21 +177,34 @@ def _loadings(rng: np.random.Generator, n_genes: int, n_topics: int) -> tuple[np
     return W.astype(np.float32), topic_of_gene
 
 
+class _Workspace:
+    """Reusable chunk-sized buffers.
+
+    Allocating fresh chunk × genes arrays for every chunk is dominated by page faults; the
+    generator instead writes into these buffers (views of their first rows for a short chunk).
+    """
+
+    def __init__(self, n_rows: int, n_genes: int) -> None:
+        self.profile = np.empty((n_rows, n_genes), dtype=np.float32)
+        self.scratch = np.empty((n_rows, n_genes), dtype=np.float32)
+        self.other = np.empty((n_rows, n_genes), dtype=np.float32)
+        self.mask = np.empty((n_rows, n_genes), dtype=bool)
+
+
 def _chunk(
     rng: np.random.Generator,
     W: np.ndarray,
     is_target: np.ndarray,
     n_target_topics: int,
     density: float,
+    work: _Workspace,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One chunk of rows: (row counts, column indices, values, usages)."""
+    """One chunk of rows: (non-zeros per row, column indices, values, usages)."""
     n, n_topics = is_target.shape[0], W.shape[1]
     n_genes = W.shape[0]
     # topic proportions: sparse-ish Dirichlet; target topics only for target cells
     props = rng.gamma(0.3, 1.0, size=(n, n_topics)).astype(np.float32)
-    if n_target_topics:
-        props[~is_target, n_topics - n_target_topics :] = 0.0
-    props += 1e-6  # every cell uses every allowed topic a little (no all-zero rows)
+    props += np.float32(1e-6)  # every cell uses every allowed topic a little
     if n_target_topics:
         props[~is_target, n_topics - n_target_topics :] = 0.0
     props /= props.sum(axis=1, keepdims=True)
@@ -198,46 +212,52 @@ def _chunk(
     s = rng.lognormal(-0.5 * _DEPTH_SIGMA**2, _DEPTH_SIGMA, size=n)
     k_want = np.clip(density * n_genes * s, 0.5, 0.95 * n_genes).astype(np.float32)
 
-    profile = props @ W.T  # n x genes, rows sum to 1 (float32)
-    depth = _solve_depth(profile, k_want)
+    profile = np.matmul(props, W.T, out=work.profile[:n])  # rows sum to 1
+    depth = _solve_depth(profile, k_want, work.scratch[:n], work.other[:n])
     mu = profile
     mu *= depth[:, None]  # expected counts (in place)
     # Entry (i, g) is the first arrival time E ~ Exp(1) of a unit-rate process on [0, mu):
     # it is non-zero iff E < mu (probability 1 - exp(-mu)); given that, the remaining
     # arrivals on the rest of the interval are Poisson(mu - E), so 1 + Poisson(mu - E) is an
     # exact draw from the zero-truncated Poisson(mu).
-    arrival = rng.standard_exponential(mu.shape, dtype=np.float32)
-    keep = arrival < mu
+    arrival = rng.standard_exponential(out=work.scratch[:n], dtype=np.float32)
+    keep = np.less(arrival, mu, out=work.mask[:n])
+    flat = np.flatnonzero(keep)
     row_nnz = np.count_nonzero(keep, axis=1)
-    cols = np.nonzero(keep)[1].astype(np.int32)
-    rest = mu[keep]
-    rest -= arrival[keep]
-    del mu, profile, arrival, keep
+    cols = (flat % n_genes).astype(np.int32)
+    rest = mu.reshape(-1).take(flat)
+    rest -= arrival.reshape(-1).take(flat)
+    del flat
+    np.maximum(rest, 0.0, out=rest)
     values = rng.poisson(rest).astype(np.float32)
-    values += 1.0
+    values += np.float32(1.0)
     usages = (props * depth[:, None]).astype(np.float32)
     return row_nnz, cols, values, usages
 
 
-def _solve_depth(profile: np.ndarray, k_want: np.ndarray) -> np.ndarray:
+def _solve_depth(
+    profile: np.ndarray, k_want: np.ndarray, scratch: np.ndarray, rows: np.ndarray
+) -> np.ndarray:
     """Per-row scale ``c`` with ``sum_g (1 - exp(-c * profile[g])) = k_want``.
 
     The left side is concave and increasing in ``c`` and lies below ``c`` (rows of ``profile``
     sum to 1), so Newton's method started at ``c = k_want`` approaches the root from below.
+    ``scratch`` and ``rows`` are buffers shaped like ``profile``.
     """
     c = k_want.astype(np.float32)
     n_rows, n_genes = profile.shape
     active = np.arange(n_rows)
     for it in range(_NEWTON_MAX_ITER):
-        # work on all rows while many are unconverged (a row subset costs a copy)
+        # work on all rows while many are unconverged, else on a copy of the few left
         subset = active.size < n_rows // 4
-        p = profile[active] if subset else profile
+        m = active.size if subset else n_rows
+        p = np.take(profile, active, axis=0, out=rows[:m]) if subset else profile
         ca = c[active] if subset else c
         kw = k_want[active] if subset else k_want
-        e = np.multiply(p, -ca[:, None])
+        e = np.multiply(p, -ca[:, None], out=scratch[:m])
         # exp(-30) ~ 1e-13 is zero for the sum; the clip keeps exp and the products below
         # away from float32 denormals, which are very slow
-        np.maximum(e, -30.0, out=e)
+        np.maximum(e, np.float32(-30.0), out=e)
         np.exp(e, out=e)
         f = (n_genes - e.sum(axis=1)) - kw
         e *= p
@@ -252,7 +272,7 @@ def _solve_depth(profile: np.ndarray, k_want: np.ndarray) -> np.ndarray:
         if active.size == 0:
             break
     logger.debug("depth solve: %d Newton iterations", it + 1)
-    return c.astype(np.float32)
+    return c
 
 
 def _cell_names(n: int) -> list[str]:

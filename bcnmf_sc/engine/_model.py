@@ -207,11 +207,13 @@ class BCNMF:
             raise ValueError(f"only {n_genes} genes can be fitted, fewer than n_topics={k}; lower n_topics.")
 
     # ------------------------------------------------------------------ fit
-    def fit(self, X, Y) -> BCNMF:
+    def fit(self, X, Y, *, init_loadings: np.ndarray | None = None) -> BCNMF:
         """Fit on target cells ``X`` and background cells ``Y`` (cells × genes, same genes).
 
         ``X`` and ``Y`` may be numpy arrays, scipy sparse matrices (any numeric dtype), backed h5ad
-        matrices or :class:`~bcnmf_sc.engine.RowSource` selections of one matrix.
+        matrices or :class:`~bcnmf_sc.engine.RowSource` selections of one matrix. ``init_loadings``
+        (genes × topics, non-negative) warm-starts every start from these loadings instead of a random
+        draw (e.g. along an α path); usages still start from the seeded draw.
         """
         self._check_params()
         target, background = as_source(X, name="target data"), as_source(Y, name="background data")
@@ -272,6 +274,13 @@ class BCNMF:
         self._null_target = _null_loss(t_summary, n_target, self.likelihood)
         self._null_background = _null_loss(b_summary, n_background, self.likelihood)
 
+        self._init_loadings = None
+        if init_loadings is not None:
+            init = np.asarray(init_loadings, dtype=np.float64)
+            if init.shape != (self.n_genes_in_, self.n_topics) or not np.all(np.isfinite(init)) or np.any(init < 0):
+                raise ValueError(f"init_loadings must be finite, non-negative, of shape {(self.n_genes_in_, self.n_topics)}.")
+            init = init[kept] + 1e-12
+            self._init_loadings = torch.from_numpy(init / init.sum(axis=0, keepdims=True))
         seeds = np.random.SeedSequence(self.random_state).generate_state(self.n_starts)
         runs = [self._fit_start(target, background, t_summary, b_summary, int(seed)) for seed in seeds]
         self._select(runs)
@@ -304,6 +313,12 @@ class BCNMF:
 
         u_target = random_usages(t_sum.row_sums, k)
         u_background = random_usages(b_sum.row_sums, k)
+        if self._init_loadings is not None:  # warm start: skip the background-only stage
+            if self.model == "shared_target":
+                u_background[:, k_s:] = 0
+            run = _Run(self._init_loadings.clone(), u_target.to(device, dtype), u_background.to(device, dtype), seed=seed)
+            self._epochs(run, target, background, rng, stage="fit", max_epochs=self.max_epochs)
+            return run
         if self.model == "contrastive":
             run = _Run(random_loadings(profile, k), u_target.to(device, dtype), u_background.to(device, dtype), seed=seed)
             self._epochs(run, target, background, rng, stage="fit", max_epochs=self.max_epochs)
