@@ -27,7 +27,7 @@ def digits_on_textures() -> ad.AnnData:
     scale), KMeans(2) on the target usages, ARI against ``obs["digit"]``.
 
     The images come from the bcNMF authors' public repository (code under the MIT licence;
-    the digits derive from MNIST). They ship inside the package (float32, compressed).
+    the digits are MNIST-style 28 × 28 handwritten digits). They ship inside the package (float32, compressed).
 
     Returns
     -------

@@ -60,7 +60,8 @@ def sparse_counts(
     n_genes
         Number of genes (columns), at least ``n_topics``.
     density
-        Target fraction of non-zero entries, in ``(0, 0.9]``.
+        Target fraction of non-zero entries, in ``(0, 0.9]``. A cell is capped at 95 % of the
+        genes, so densities above about 0.5 are realised somewhat lower (0.9 gives about 0.82).
     n_topics
         Total number of topics (columns of ``W``).
     n_target_topics
@@ -76,7 +77,8 @@ def sparse_counts(
         identical output.
     path
         If given, the data are streamed to this ``.h5ad`` file (written to a temporary file in
-        the same folder, then renamed) and the file is returned opened in backed mode
+        the same folder, then renamed over ``path``, replacing an existing file) and the file
+        is returned opened in backed mode
         (``anndata.read_h5ad(path, backed="r")``). Only one chunk is held in memory.
 
     Returns

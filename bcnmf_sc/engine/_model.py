@@ -14,7 +14,17 @@ from tqdm.auto import tqdm
 
 from ._alpha import alpha_star, check_alpha
 from ._device import resolve_device
-from ._distributed import all_reduce_sum, is_distributed
+from ._batches import BatchPlan, use_sparse
+from ._distributed import (
+    all_reduce_sum,
+    any_rank,
+    gather_rows,
+    is_distributed,
+    n_global_rows,
+    random_rows,
+    reduce_summary,
+    shard_source,
+)
 from ._errors import CollapseError
 from ._matching import match_topics
 from ._source import RowSource, Summary, as_source
@@ -46,11 +56,17 @@ def _null_loss(summary: Summary, n_cells: int, likelihood: str) -> float:
         return float("nan")
     if likelihood == "poisson":
         total = summary.col_sums.sum()
-        r, c = summary.row_sums[summary.row_sums > 0], summary.col_sums[summary.col_sums > 0]
-        loss = summary.sum_xlogx - np.sum(r * np.log(r)) - np.sum(c * np.log(c)) + total * math.log(max(total, 1e-300))
+        c = summary.col_sums[summary.col_sums > 0]  # Σ r log r over cells is summary.sum_rlogr (all ranks)
+        loss = summary.sum_xlogx - summary.sum_rlogr - np.sum(c * np.log(c)) + total * math.log(max(total, 1e-300))
     else:
         loss = summary.sum_sq - np.sum(summary.col_sums**2) / n_cells
     return float(max(loss, 0.0)) / n_cells
+
+
+def _loss_scale(summary: Summary, n_cells: int, likelihood: str) -> float:
+    """Per-cell size of the data (total counts for Poisson, Σ x² for squared error)."""
+    total = summary.col_sums.sum() if likelihood == "poisson" else summary.sum_sq
+    return float(total) / max(n_cells, 1)
 
 
 class BCNMF:
@@ -125,6 +141,8 @@ class BCNMF:
         Mean cosine similarity of each topic to its Hungarian match in the other non-collapsed starts
         (NaN when there is only one).
     """
+
+    _contrastive_step = 0.5  # exponent of the W ratio when the background term is subtracted
 
     def __init__(
         self,
@@ -222,6 +240,8 @@ class BCNMF:
                 f"target and background have different numbers of genes ({target.n_cols} vs {background.n_cols})."
             )
         self.device_ = resolve_device(self.device)
+        # data-parallel (torch.distributed): each rank keeps its own shard of the cells
+        target, background = shard_source(target), shard_source(background)
         n_target = int(all_reduce_sum(torch.tensor(float(target.n_rows))).item())
         n_background = int(all_reduce_sum(torch.tensor(float(background.n_rows))).item())
         self._check_groups(n_target, n_background, target.n_cols)
@@ -229,7 +249,7 @@ class BCNMF:
 
         t_summary, b_summary = target.summarize(), background.summarize()
         for summary in (t_summary, b_summary):
-            summary.col_sums = all_reduce_sum(torch.from_numpy(summary.col_sums)).numpy()
+            reduce_summary(summary)
         if self.likelihood == "poisson" and not (t_summary.is_integer and b_summary.is_integer):
             warnings.warn(
                 "likelihood='poisson' expects raw counts but the data has non-integer values; the fit "
@@ -238,6 +258,9 @@ class BCNMF:
                 UserWarning,
                 stacklevel=2,
             )
+
+        if not t_summary.col_sums.any():
+            raise ValueError(f"{target.name} contains only zeros (over the genes fitted): there is nothing to fit.")
 
         # genes set aside: with the Poisson contrastive objective a gene absent from the target but
         # expressed in the background makes every α > 0 unbounded (α* = 0)
@@ -267,12 +290,21 @@ class BCNMF:
             self.alpha_ = 0.0
 
         if excluded.any():
+            # the fit sees only the kept genes, so the summaries (row sums, Σ x log x behind the rank-one
+            # losses of the collapse check) must describe those genes, not the whole matrix
             target, background = target.with_cols(kept), background.with_cols(kept)
+            t_summary, b_summary = target.summarize(), background.summarize()
             for summary in (t_summary, b_summary):
-                summary.col_sums = summary.col_sums[kept]
+                reduce_summary(summary)
         self._n_target, self._n_background = n_target, n_background
+        self._target_expressed = t_summary.col_sums > 0
         self._null_target = _null_loss(t_summary, n_target, self.likelihood)
         self._null_background = _null_loss(b_summary, n_background, self.likelihood)
+        # data scale per cell (counts, or squared values): slack for the collapse checks, whose rank-one
+        # reference loss is ~0 when the cells of a group are (near) identical. A real collapse sends
+        # loadings to the floor (1e-20), i.e. a loss of ~40 × scale on the genes concerned, far above it.
+        self._scale_target = _loss_scale(t_summary, n_target, self.likelihood)
+        self._scale_background = _loss_scale(b_summary, n_background, self.likelihood)
 
         self._init_loadings = None
         if init_loadings is not None:
@@ -282,8 +314,15 @@ class BCNMF:
             init = init[kept] + 1e-12
             self._init_loadings = torch.from_numpy(init / init.sum(axis=0, keepdims=True))
         seeds = np.random.SeedSequence(self.random_state).generate_state(self.n_starts)
-        runs = [self._fit_start(target, background, t_summary, b_summary, int(seed)) for seed in seeds]
+        self._plans = self._make_plans(target, background, t_summary, b_summary)
+        try:
+            runs = [self._fit_start(target, background, t_summary, b_summary, int(seed)) for seed in seeds]
+        finally:
+            self._plans = {}  # frees the prepared batches
         self._select(runs)
+        if is_distributed():  # every rank ends with the usages of all cells, in the caller's order
+            self.target_usages_ = gather_rows(self.target_usages_, target)
+            self.background_usages_ = gather_rows(self.background_usages_, background)
         return self
 
     def fit_transform(self, X, Y) -> tuple[np.ndarray, np.ndarray]:
@@ -307,12 +346,13 @@ class BCNMF:
             w = base[:, None] * torch.rand(n_genes, n, generator=generator, dtype=torch.float64)
             return w / w.sum(dim=0, keepdim=True)
 
-        def random_usages(row_sums: np.ndarray, n: int) -> torch.Tensor:
+        def random_usages(row_sums: np.ndarray, n: int, source: RowSource) -> torch.Tensor:
+            # drawn for every cell of the unsharded data, so a data-parallel fit starts where one process does
             scale = torch.from_numpy(np.maximum(row_sums, 1e-6))[:, None] / n
-            return scale * (0.5 + torch.rand(len(row_sums), n, generator=generator, dtype=torch.float64))
+            return scale * (0.5 + random_rows(generator, source, n))
 
-        u_target = random_usages(t_sum.row_sums, k)
-        u_background = random_usages(b_sum.row_sums, k)
+        u_target = random_usages(t_sum.row_sums, k, target)
+        u_background = random_usages(b_sum.row_sums, k, background)
         if self._init_loadings is not None:  # warm start: skip the background-only stage
             if self.model == "shared_target":
                 u_background[:, k_s:] = 0
@@ -335,8 +375,7 @@ class BCNMF:
             return run
         w_shared = run.w.to(device, dtype)
         explained = torch.zeros(n_genes, dtype=torch.float64)
-        for positions in target.batches(self._n_batches(target.n_rows)):
-            x = self._to_device(target.read(positions))
+        for positions, x in self._plans[id(target)].epoch():
             u = update_usages(x, run.u_target[positions], w_shared, likelihood=self.likelihood, n_steps=20, mask=None)
             run.u_target[positions] = u
             explained += (u.sum(dim=0).double() @ run.w.T).cpu()
@@ -346,7 +385,7 @@ class BCNMF:
         w_target = random_loadings(residual, k_t)
         leftover = np.maximum(t_sum.row_sums - run.u_target.sum(dim=1).double().cpu().numpy(), 0.1 * t_sum.row_sums)
         run.w = torch.cat([run.w, w_target], dim=1)
-        run.u_target = torch.cat([run.u_target, random_usages(leftover, k_t).to(device, dtype)], dim=1)
+        run.u_target = torch.cat([run.u_target, random_usages(leftover, k_t, target).to(device, dtype)], dim=1)
         run.u_background = torch.cat([run.u_background, u_background[:, k_s:].to(device, dtype)], dim=1)
         self._epochs(run, target, background, rng, stage="fit", max_epochs=self.max_epochs)
         return run
@@ -360,6 +399,17 @@ class BCNMF:
         if self.device_.type == "cuda":
             tensor = tensor.pin_memory()
         return tensor.to(self.device_, self.dtype, non_blocking=True)
+
+    def _make_plans(self, target: RowSource, background: RowSource, t_sum: Summary, b_sum: Summary) -> dict:
+        """Fixed batches of both groups for the whole fit (prepared sparse batches are reused every epoch)."""
+        n_steps = self._n_batches(0)
+        membership = np.random.default_rng(self.random_state)
+        plans = {}
+        for source, summary in ((target, t_sum), (background, b_sum)):
+            sparse = use_sparse(summary.nnz, n_global_rows(source), source.n_cols)
+            plans[id(source)] = BatchPlan(source, n_steps, device=self.device_, dtype=self.dtype, sparse=sparse,
+                                          rng=membership, random_membership=self.w_update == "online")
+        return plans
 
     def _background_weight(self) -> float:
         """Signed weight of the background loss per background cell."""
@@ -375,7 +425,7 @@ class BCNMF:
         bg_mask[k_s:] = 0
         bg_weight = self._background_weight() if target is not None else 1.0 / self._n_background
         online = self.w_update == "online"
-        w_power = 0.5 if bg_weight < 0 else 1.0  # damped steps where the background term pulls W
+        w_power = self._contrastive_step if bg_weight < 0 else 1.0  # damped steps where the background term pulls W
         numer_acc = denom_acc = None  # running statistics of the online update
         n_steps = self._n_batches(0)
         quiet_epochs = 0
@@ -386,19 +436,27 @@ class BCNMF:
             w = run.w.to(device, self.dtype)
             epoch_t = SideStats.zeros(w.shape[0], k, likelihood, device)
             epoch_b = SideStats.zeros(w.shape[0], k, likelihood, device)
-            order_rng = rng if online else None
-            t_batches = target.batches(n_steps, rng=order_rng) if target is not None else []
-            b_batches = background.batches(n_steps, rng=order_rng)
-            for step in range(max(len(t_batches), len(b_batches))):
+            t_plan = self._plans[id(target)] if target is not None else None
+            b_plan = self._plans[id(background)]
+            # online: batches in a new random order every epoch; epoch: the order does not matter
+            t_order = rng.permutation(n_steps) if online and t_plan is not None else np.arange(n_steps)
+            b_order = rng.permutation(n_steps) if online else np.arange(n_steps)
+            for step in range(n_steps):
                 sides = []
-                if step < len(t_batches):
-                    stats = self._visit(target, t_batches[step], run.u_target, w, None)
+                if t_plan is not None:
+                    stats = self._visit(t_plan, t_order[step], run.u_target, w, None)
                     epoch_t.add(stats)
-                    sides.append((stats, 1.0 / max(stats.n_cells, 1)))
-                if step < len(b_batches):
-                    stats = self._visit(background, b_batches[step], run.u_background, w, bg_mask)
-                    epoch_b.add(stats)
-                    sides.append((stats, bg_weight * self._n_background / max(stats.n_cells, 1)))
+                    sides.append(stats)
+                stats = self._visit(b_plan, b_order[step], run.u_background, w, bg_mask)
+                epoch_b.add(stats)
+                sides.append(stats)
+                if online and is_distributed():  # one step of all ranks together
+                    for stats in sides:
+                        stats.data, stats.model = all_reduce_sum(stats.data), all_reduce_sum(stats.model)
+                        stats.n_cells = int(all_reduce_sum(torch.tensor(float(stats.n_cells))).item())
+                weights = [1.0 / max(sides[0].n_cells, 1)] if t_plan is not None else []
+                weights.append(bg_weight * self._n_background / max(sides[-1].n_cells, 1))
+                sides = list(zip(sides, weights))
                 if online:
                     numer, denom = split_gradient(run.w.to(device), [(s, wt) for s, wt in sides], likelihood)
                     rho = 0.7 ** (1.0 / n_steps) if numer_acc is not None else 0.0
@@ -449,9 +507,12 @@ class BCNMF:
             previous = objective
         bar.close()
 
-    def _visit(self, source: RowSource, positions: np.ndarray, usages: torch.Tensor, w: torch.Tensor, mask) -> SideStats:
-        """Update the usages of one batch in place and return its statistics."""
-        x = self._to_device(source.read(positions))
+    def _visit(self, plan: BatchPlan, i: int, usages: torch.Tensor, w: torch.Tensor, mask) -> SideStats:
+        """Update the usages of batch ``i`` of ``plan`` in place and return its statistics (zeros if empty)."""
+        positions = plan.positions[i]
+        if len(positions) == 0:  # a rank's shard may run out of cells before the others
+            return SideStats.zeros(w.shape[0], w.shape[1], self.likelihood, w.device, dtype=w.dtype)
+        x = plan.get(i)
         index = torch.from_numpy(positions).to(usages.device)
         u = update_usages(x, usages[index], w, likelihood=self.likelihood, n_steps=self.usage_steps, mask=mask)
         usages[index] = u
@@ -467,18 +528,25 @@ class BCNMF:
         run.u_background *= device_scale
 
     def _collapse_reason(self, run: _Run, target_loss: float, background_loss: float, epoch: int) -> str | None:
-        if not (torch.isfinite(run.w).all() and torch.isfinite(run.u_target).all()
-                and torch.isfinite(run.u_background).all()) or not np.isfinite(background_loss):
+        finite = bool(torch.isfinite(run.w).all() and torch.isfinite(run.u_target).all()
+                      and torch.isfinite(run.u_background).all())
+        if any_rank(not finite) or not np.isfinite(background_loss):
             return "non-finite values in the factors or losses"
-        if epoch >= 2 and np.isfinite(target_loss) and target_loss > 2.0 * self._null_target + 1e-12:
+        # a contrastive fit may trade target fit for contrast, so only a gross excess counts
+        # (shared + target is a plain, bounded minimisation: its target loss cannot run away)
+        if self.model == "contrastive" and epoch >= 2 and np.isfinite(target_loss) and target_loss > 10.0 * self._null_target + 0.25 * self._scale_target + 1e-12:
             return (f"target loss per cell {target_loss:.4g} rose far above that of a rank-one fit "
                     f"({self._null_target:.4g})")
-        if self.model == "contrastive" and self.alpha_ > 0 and background_loss > 10.0 * self._null_background + 1e-12:
+        if self.model == "contrastive" and self.alpha_ > 0 and background_loss > 10.0 * self._null_background + 5.0 * self._scale_background + 1e-12:
             return (f"background loss per cell {background_loss:.4g} exploded (rank-one fit: "
                     f"{self._null_background:.4g}): loadings of background genes were driven to zero")
-        at_floor = (run.w.max(dim=1).values <= 1e3 * FLOOR).double().mean().item()
-        if at_floor > 0.5:
-            return f"{at_floor:.0%} of the genes have all loadings at the floor"
+        # an expressed gene no topic can produce (squared error allows it); not in the background-only stage
+        # of shared + target (NaN target loss), where target-only genes wait for the target topics
+        if self.likelihood == "poisson" and np.isfinite(target_loss):
+            expressed = torch.from_numpy(self._target_expressed)
+            at_floor = (run.w[expressed].amax(dim=1) <= 1e3 * FLOOR).double().mean().item()  # amax: max(dim) is ~1000× slower on CPU
+            if at_floor > 0.5:
+                return f"{at_floor:.0%} of the genes expressed in the target have all loadings at the floor"
         return None
 
     # ------------------------------------------------------------------ choose among starts
@@ -489,9 +557,10 @@ class BCNMF:
         self.collapsed_starts_ = [r.collapsed for r in runs]
         if not good:
             raise CollapseError(
-                f"all {len(runs)} start(s) collapsed ({runs[0].collapsed}). The contrastive objective has no "
-                f"minimum at alpha={self.alpha_:g} (α* = {self.alpha_star_:.4g}); lower alpha or use "
-                "model='shared_target'."
+                f"all {len(runs)} start(s) collapsed ({runs[0].collapsed}). "
+                + (f"The contrastive objective has no minimum at alpha={self.alpha_:g} (α* = {self.alpha_star_:.4g}); "
+                   "lower alpha or use model='shared_target'." if self.model == "contrastive" else
+                   "Check the data (scale, outliers) or change n_topics, likelihood or the seed.")
             )
         best = min(good, key=lambda i: final_losses[i] if self.model == "contrastive" or True else 0)
         run = runs[best]
@@ -527,12 +596,13 @@ class BCNMF:
         source = as_source(X, name="data")
         if source.n_cols != self.n_genes_in_:
             raise ValueError(f"data has {source.n_cols} genes but the model was fitted on {self.n_genes_in_}.")
-        source.summarize()  # validates values
+        summary = source.summarize()  # validates values
         source = source.with_cols(self._kept_genes) if len(self._kept_genes) < self.n_genes_in_ else source
         w = torch.from_numpy(self.loadings_[self._kept_genes]).to(self.device_, self.dtype)
         usages = np.zeros((source.n_rows, self.n_topics))
-        for positions in source.batches(max(1, math.ceil(source.n_rows / self.batch_size))):
-            x = self._to_device(source.read(positions))
+        plan = BatchPlan(source, math.ceil(source.n_rows / self.batch_size), device=self.device_, dtype=self.dtype,
+                         sparse=use_sparse(summary.nnz, source.n_rows, source.n_cols), transpose=False, cache=False)
+        for positions, x in plan.epoch():
             u = (x.sum(dim=1, keepdim=True).clamp_min(1e-6) / self.n_topics).expand(-1, self.n_topics).clone()
             for _ in range(0, max_steps, 10):
                 new_u = update_usages(x, u, w, likelihood=self.likelihood, n_steps=10, mask=None)
@@ -550,8 +620,9 @@ class BCNMF:
         source = source.with_cols(self._kept_genes) if len(self._kept_genes) < self.n_genes_in_ else source
         w = torch.from_numpy(self.loadings_[self._kept_genes]).to(self.device_, self.dtype)
         total = 0.0
-        for positions in source.batches(max(1, math.ceil(source.n_rows / self.batch_size))):
-            x = self._to_device(source.read(positions))
+        plan = BatchPlan(source, math.ceil(source.n_rows / self.batch_size), device=self.device_, dtype=self.dtype,
+                         sparse=source.is_sparse, transpose=False, cache=False)
+        for positions, x in plan.epoch():
             u = torch.from_numpy(usages[positions]).to(self.device_, self.dtype)
             total += float(batch_loss(x, u, w, likelihood=self.likelihood))
         return total / max(source.n_rows, 1)

@@ -50,6 +50,7 @@ class Summary:
     sum_sq: float
     nnz: int
     is_integer: bool
+    sum_rlogr: float = 0.0  # Σ over cells of r log r, r the cell's total (rank-one null loss)
 
 
 class RowSource:
@@ -99,33 +100,111 @@ class RowSource:
     def shape(self) -> tuple[int, int]:
         return self.n_rows, self.n_cols
 
+    @property
+    def is_sparse(self) -> bool:
+        """Whether the underlying matrix is stored sparse (in memory or backed)."""
+        return sp.issparse(self.matrix) or isinstance(self.matrix, _BACKED_SPARSE)
+
+    #: set by :meth:`shard`: ``(rank, world_size, n_rows of the unsharded source)``
+    shard_of: tuple[int, int, int] | None = None
+
     def with_cols(self, cols: np.ndarray) -> RowSource:
         """A source over the same rows and a subset ``cols`` (indices into this source's columns)."""
         new_cols = np.asarray(cols, dtype=np.int64) if self.cols is None else self.cols[cols]
-        return RowSource(self.matrix, rows=self.rows, cols=new_cols, name=self.name)
+        out = RowSource(self.matrix, rows=self.rows, cols=new_cols, name=self.name)
+        out.shard_of = self.shard_of
+        return out
 
     def shard(self, rank: int, world_size: int) -> RowSource:
-        """Every ``world_size``-th row starting at ``rank`` (data-parallel fitting)."""
-        rows = np.arange(self.n_rows) if self.rows is None else self.rows
-        return RowSource(self.matrix, rows=rows[rank::world_size], cols=self.cols, name=self.name)
+        """Every ``world_size``-th row starting at ``rank`` (data-parallel fitting).
 
-    def read(self, positions: np.ndarray) -> np.ndarray:
-        """Dense float32 block of the rows at ``positions`` (indices into this source's rows)."""
+        Rows are dealt round-robin, so shard ``rank`` holds the rows at positions ``rank, rank + world_size, …``
+        of this source; :attr:`shard_of` records that, so a data-parallel fit can draw each cell's random
+        initial usages from the unsharded cell index and match a single-process fit.
+        """
+        if not (0 <= rank < world_size):
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}.")
+        if self.shard_of is not None:
+            raise ValueError("this source is already a shard; shard the full source instead.")
+        rows = np.arange(self.n_rows) if self.rows is None else self.rows
+        out = RowSource(self.matrix, rows=rows[rank::world_size], cols=self.cols, name=self.name)
+        out.shard_of = (int(rank), int(world_size), int(self.n_rows))
+        return out
+
+    def global_positions(self) -> np.ndarray:
+        """Positions of this source's rows in the unsharded source (``arange`` when not a shard)."""
+        if self.shard_of is None:
+            return np.arange(self.n_rows)
+        rank, world_size, n_total = self.shard_of
+        return np.arange(rank, n_total, world_size)
+
+    def _csr_view(self, positions: np.ndarray) -> sp.csr_matrix | None:
+        if self.backed or self.cols is not None or not sp.issparse(self.matrix) or self.matrix.format != "csr":
+            return None
         positions = np.asarray(positions, dtype=np.int64)
         rows = positions if self.rows is None else self.rows[positions]
+        if len(rows) == 0 or not (rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1)):
+            return None
+        m = self.matrix
+        a, b = int(rows[0]), int(rows[-1]) + 1
+        s, e = int(m.indptr[a]), int(m.indptr[b])
+        indptr = m.indptr[a:b + 1] - s
+        if indptr.dtype != m.indices.dtype:
+            indptr = indptr.astype(m.indices.dtype)
+        # scipy's constructor copies; assign the views to an empty matrix instead
+        out = sp.csr_matrix((b - a, m.shape[1]), dtype=m.dtype)
+        out.data, out.indices, out.indptr = m.data[s:e], m.indices[s:e], indptr
+        out.has_canonical_format = m.has_canonical_format  # a row range of a canonical matrix is canonical
+        return out
+
+    def _rows_block(self, positions: np.ndarray):
+        """The requested rows (all columns of the underlying matrix), sparse or dense as stored."""
+        positions = np.asarray(positions, dtype=np.int64)
+        rows = positions if self.rows is None else self.rows[positions]
+        if len(rows) == 0:
+            return self.matrix[0:0]
+        contiguous = bool(rows[-1] - rows[0] + 1 == len(rows) and np.all(np.diff(rows) == 1))
         if self.backed:
             # read one contiguous range from disk, then pick the requested rows
             start, stop = int(rows.min()), int(rows.max()) + 1
             block = self.matrix[start:stop]
-            if len(rows) != stop - start or np.any(np.diff(rows) != 1):
+            if not contiguous:
                 block = block[rows - start]
+        elif contiguous:
+            block = self.matrix[int(rows[0]):int(rows[-1]) + 1]  # a slice: cheap for CSR and dense
         else:
             block = self.matrix[rows]
+        return block
+
+    def read_csr(self, positions: np.ndarray) -> sp.csr_matrix:
+        """The rows at ``positions`` as a scipy CSR matrix in the stored dtype (never densified if stored sparse).
+
+        A contiguous run of rows of an in-memory CSR matrix (all columns) shares the matrix's arrays: no copy.
+        Callers must not modify the result in place.
+        """
+        view = self._csr_view(positions)
+        if view is not None:
+            return view
+        block = self._rows_block(positions)
+        if sp.issparse(block):
+            block = sp.csr_matrix(block)
+            if self.cols is not None:
+                block = block[:, self.cols]
+        else:
+            block = np.asarray(block)
+            if self.cols is not None:
+                block = block[:, self.cols]
+            block = sp.csr_matrix(block)
+        return block
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """Dense float32 block of the rows at ``positions`` (indices into this source's rows)."""
+        block = self._rows_block(positions)
         if self.cols is not None:
             block = block[:, self.cols]
         if sp.issparse(block):
             block = block.toarray()
-        return np.asarray(block, dtype=np.float32)
+        return np.array(block, dtype=np.float32)  # a copy: never hand out a view of the caller's array
 
     def batches(self, n_batches: int, *, rng: np.random.Generator | None = None) -> list[np.ndarray]:
         """Row positions split into ``n_batches`` near-equal batches, shuffled with ``rng`` when given.
@@ -142,29 +221,36 @@ class RowSource:
         return [np.sort(chunk) for chunk in np.array_split(rng.permutation(self.n_rows), n_batches)]
 
     def summarize(self, batch_size: int = 4096) -> Summary:
-        """One pass: validate values and collect row/column sums, Σ x log x, Σ x², nnz, integrality."""
+        """One pass: validate values and collect row/column sums, Σ x log x, Σ x², nnz, integrality.
+
+        Work and memory follow the non-zeros: batches are read as CSR, never densified.
+        """
         col_sums = np.zeros(self.n_cols, dtype=np.float64)
         row_sums = np.zeros(self.n_rows, dtype=np.float64)
         sum_xlogx = sum_sq = 0.0
         nnz = 0
         is_integer = True
         for positions in self.batches(-(-self.n_rows // batch_size)):
-            block = self.read(positions).astype(np.float64)
-            if not np.all(np.isfinite(block)):
+            block = self.read_csr(positions)
+            data = np.asarray(block.data, dtype=np.float64)
+            if not np.all(np.isfinite(data)):
                 raise ValueError(f"{self.name} contains NaN or infinite values; remove or impute them first.")
-            if np.any(block < 0):
+            if np.any(data < 0):
                 raise ValueError(
                     f"{self.name} contains negative values; NMF needs non-negative data "
                     "(raw counts, or log-normalised values, not scaled/centred data)."
                 )
-            col_sums += block.sum(axis=0)
-            row_sums[positions] = block.sum(axis=1)
-            positive = block[block > 0]
+            col_sums += np.bincount(block.indices, weights=data, minlength=self.n_cols)
+            cumulative = np.concatenate([[0.0], np.cumsum(data)])
+            row_sums[positions] = np.diff(cumulative[block.indptr])
+            positive = data[data > 0]
             nnz += positive.size
-            sum_xlogx += float(np.sum(positive * np.log(positive)))
-            sum_sq += float(np.sum(positive * positive))
+            sum_xlogx += float(np.dot(positive, np.log(positive)))
+            sum_sq += float(np.dot(positive, positive))
             is_integer = is_integer and bool(np.all(positive == np.round(positive)))
-        return Summary(col_sums, row_sums, sum_xlogx, sum_sq, nnz, is_integer)
+        positive_rows = row_sums[row_sums > 0]
+        sum_rlogr = float(np.dot(positive_rows, np.log(positive_rows)))
+        return Summary(col_sums, row_sums, sum_xlogx, sum_sq, nnz, is_integer, sum_rlogr)
 
 
 def as_source(data, *, name: str) -> RowSource:

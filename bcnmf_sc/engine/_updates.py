@@ -1,9 +1,17 @@
-"""Multiplicative updates and sufficient statistics for one dense batch of cells.
+"""Multiplicative updates and sufficient statistics for one batch of cells, dense or sparse.
 
 Orientation: a batch ``x`` is cells × genes, usages ``u`` cells × topics, loadings ``w`` genes × topics.
-Only the batch is dense; everything W needs from the whole data is a sum over cells of per-batch
-statistics (a genes × topics "data term" and a small "model term"), which is what makes minibatches,
-out-of-core reading and an all-reduce across processes exact.
+Everything W needs from the whole data is a sum over cells of per-batch statistics (a genes × topics
+"data term" and a small "model term"), which is what makes minibatches, out-of-core reading and an
+all-reduce across processes exact.
+
+``x`` is either a dense tensor or a :class:`~bcnmf_sc.engine._batches.SparseBatch`. The sparse kernels do
+work proportional to nnz · K and never form a cells × genes array:
+
+* Poisson: ``x̂`` only at the non-zeros (``torch.sparse.sampled_addmm``, an SDDMM), the ratio ``x / x̂``
+  there, then sparse × dense products ``(x ⊘ x̂) W`` (row-major CSR) and ``(x ⊘ x̂)ᵀ U`` (the transpose's
+  CSR); ``Σ x̂`` comes from column sums, ``Σ x log(x / x̂)`` from the non-zeros.
+* Gaussian: ``x W`` and ``xᵀ U`` as sparse × dense products and K × K Gram matrices.
 """
 
 from __future__ import annotations
@@ -11,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from ._batches import SparseBatch
 
 EPS = 1e-10  # guards divisions only
 FLOOR = 1e-20  # MU fixed points at exact zero cannot recover; keep factors strictly positive
@@ -43,12 +53,15 @@ class SideStats:
 
 
 def update_usages(
-    x: torch.Tensor, u: torch.Tensor, w: torch.Tensor, *, likelihood: str, n_steps: int, mask: torch.Tensor | None
+    x: torch.Tensor | SparseBatch, u: torch.Tensor, w: torch.Tensor, *, likelihood: str, n_steps: int,
+    mask: torch.Tensor | None,
 ) -> torch.Tensor:
     """``n_steps`` multiplicative updates of the usages of a batch with the loadings fixed.
 
     ``mask`` (topics,) zeroes the topics a group may not use (background cells in the shared + target model).
     """
+    if isinstance(x, SparseBatch):
+        return _update_usages_sparse(x, u, w, likelihood=likelihood, n_steps=n_steps, mask=mask)
     if likelihood == "poisson":
         col_sums = w.sum(dim=0).clamp_min(EPS)
         for _ in range(n_steps):
@@ -68,8 +81,10 @@ def update_usages(
     return u
 
 
-def batch_stats(x: torch.Tensor, u: torch.Tensor, w: torch.Tensor, *, likelihood: str) -> SideStats:
+def batch_stats(x: torch.Tensor | SparseBatch, u: torch.Tensor, w: torch.Tensor, *, likelihood: str) -> SideStats:
     """Per-batch statistics for the W update and the batch's loss."""
+    if isinstance(x, SparseBatch):
+        return _batch_stats_sparse(x, u, w, likelihood=likelihood)
     if likelihood == "poisson":
         xhat = (u @ w.T).clamp_min(EPS)
         ratio = x / xhat
@@ -85,13 +100,69 @@ def batch_stats(x: torch.Tensor, u: torch.Tensor, w: torch.Tensor, *, likelihood
     return SideStats(data, model, loss, x.shape[0])
 
 
-def batch_loss(x: torch.Tensor, u: torch.Tensor, w: torch.Tensor, *, likelihood: str) -> torch.Tensor:
+def batch_loss(x: torch.Tensor | SparseBatch, u: torch.Tensor, w: torch.Tensor, *, likelihood: str) -> torch.Tensor:
     """Loss of a batch (no statistics), for held-out evaluation."""
+    if isinstance(x, SparseBatch):
+        if likelihood == "poisson":
+            ratio = _ratio_at_nonzeros(x, u, w)
+            return _poisson_loss(x.values, ratio, x.sum_x, u, w)
+        xw = x.csr() @ w
+        return x.sum_sq - 2.0 * (u * xw).sum() + ((u.T @ u) * (w.T @ w)).sum()
     if likelihood == "poisson":
         xhat = (u @ w.T).clamp_min(EPS)
         return torch.xlogy(x, x / xhat).sum() - x.sum() + xhat.sum()
     diff = x - u @ w.T
     return (diff * diff).sum()
+
+
+# ------------------------------------------------------------------------------------ sparse kernels
+def _ratio_at_nonzeros(x: SparseBatch, u: torch.Tensor, w: torch.Tensor, *, transposed: bool = False) -> torch.Tensor:
+    """``x / x̂`` at the non-zeros, row-major (or column-major with ``transposed``); x̂ = u wᵀ by SDDMM."""
+    if transposed:
+        xhat = torch.sparse.sampled_addmm(x.csr_t(), w, u.T, beta=0.0).values()
+        values = x.t_values
+    else:
+        xhat = torch.sparse.sampled_addmm(x.csr(), u, w.T, beta=0.0).values()
+        values = x.values
+    return torch.div(values, xhat.clamp_min_(EPS), out=xhat)
+
+
+def _poisson_loss(values: torch.Tensor, ratio: torch.Tensor, sum_x: float, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Σ x log(x / x̂) − Σ x + Σ x̂ from the non-zeros (x > 0 there) and column sums."""
+    log_ratio = torch.log(ratio)  # ratio > 0: explicit zeros were removed when the batch was prepared
+    return torch.dot(values, log_ratio) - sum_x + (u.sum(dim=0) * w.sum(dim=0)).sum()
+
+
+def _update_usages_sparse(x: SparseBatch, u, w, *, likelihood: str, n_steps: int, mask) -> torch.Tensor:
+    if likelihood == "poisson":
+        col_sums = w.sum(dim=0).clamp_min(EPS)
+        for _ in range(n_steps):
+            ratio = _ratio_at_nonzeros(x, u, w)
+            u = (u * (x.csr(ratio) @ w) / col_sums).clamp_min_(FLOOR)
+            if mask is not None:
+                u = u * mask
+    else:
+        xw = x.csr() @ w
+        gram = w.T @ w
+        for _ in range(n_steps):
+            u = (u * xw / (u @ gram).clamp_min(EPS)).clamp_min_(FLOOR)
+            if mask is not None:
+                u = u * mask
+    return u
+
+
+def _batch_stats_sparse(x: SparseBatch, u: torch.Tensor, w: torch.Tensor, *, likelihood: str) -> SideStats:
+    if likelihood == "poisson":
+        ratio = _ratio_at_nonzeros(x, u, w, transposed=True)
+        data = x.csr_t(ratio) @ u
+        model = u.sum(dim=0)
+        loss = _poisson_loss(x.t_values, ratio, x.sum_x, u, w)
+    else:
+        data = x.csr_t() @ u
+        model = u.T @ u
+        xw = x.csr() @ w
+        loss = x.sum_sq - 2.0 * (u * xw).sum() + (model * (w.T @ w)).sum()
+    return SideStats(data, model, loss, x.n_rows)
 
 
 def model_term(stats: SideStats, w: torch.Tensor, likelihood: str) -> torch.Tensor:

@@ -13,8 +13,10 @@ import torch
 from anndata import AnnData
 
 from ..engine import BCNMF
+from ..engine._device import resolve_device
 from ._enrichment import enrichment_table
 from ._groups import data_matrix, default_mask_var, resolve_genes, resolve_groups, source
+from ._topic_genes import rank_topic_genes
 
 logger = logging.getLogger(__name__)
 
@@ -107,11 +109,13 @@ def bcnmf(
     random_state
         Seed for every random choice.
     progress
-        Show a progress bar.
+        Show a progress bar (on stderr) over the epochs of each stage.
     key_added
         Key under which results are written.
     copy
-        Return a modified copy instead of writing into ``adata``.
+        Return a modified copy instead of writing into ``adata``. Not available for a backed ``adata``
+        (copying it would load the whole matrix): with ``copy=False`` the results go to its in-memory
+        ``obsm``/``varm``/``uns``; save them with ``adata.write_h5ad(new_path)``.
 
     Returns
     -------
@@ -128,15 +132,32 @@ def bcnmf(
         group sizes), ``topics`` (topic names in column order), ``history`` (DataFrame per epoch:
         ``objective``, ``target_loss``, ``background_loss``, …) and ``enrichment`` (DataFrame indexed by
         topic: ``kind``, ``target_mean``, ``background_mean``, ``log2fc``, ``auroc``, ``leakage``,
-        ``pval``, ``enriched``, ``stability``).
+        ``pval``, ``enriched``, ``stability``; see :func:`~bcnmf_sc.tl._enrichment.enrichment_table`).
+    ``adata.uns[f"{key_added}_genes"]``
+        Genes ranked per topic by specificity, in the layout of :func:`scanpy.tl.rank_genes_groups`
+        (100 genes per topic; see :func:`bcnmf_sc.tl.topic_genes` for the score).
+
+    Examples
+    --------
+    >>> import bcnmf_sc as bc
+    >>> adata = bc.datasets.kang_pbmc()
+    >>> bc.tl.bcnmf(adata, background_key="condition", background="ctrl", n_topics=10, progress=False)
+    >>> adata.uns["bcnmf"]["enrichment"].query("enriched").index.tolist()  # doctest: +SKIP
+    ['target_1', 'target_2']
     """
+    _check_args(
+        adata, model=model, likelihood=likelihood, n_target_topics=n_target_topics, alpha=alpha,
+        unsafe_alpha=unsafe_alpha, w_update=w_update, random_state=random_state, key_added=key_added, copy=copy,
+    )
+    _check_device(device)
     groups = resolve_groups(adata, background_key=background_key, background=background, target=target)
     if isinstance(mask_var, str) and mask_var == _DEFAULT:
         mask_var = default_mask_var(adata)
     genes = resolve_genes(adata, mask_var)
     matrix = data_matrix(adata, layer)
     logger.info(
-        "fitting bcNMF on %d target and %d background cells, %d genes", len(groups.target), len(groups.background), len(genes)
+        "fitting bcNMF on %d target and %d background cells, %d genes",
+        len(groups.target), len(groups.background), len(genes),
     )
 
     estimator = BCNMF(
@@ -186,7 +207,7 @@ def bcnmf(
         alpha=alpha,
         likelihood=likelihood,
         layer=layer,
-        mask_var=mask_var if isinstance(mask_var, str) or mask_var is None else "<mask>",
+        mask_var=mask_var if isinstance(mask_var, str) or mask_var is None else np.asarray(mask_var, dtype=bool),
         n_genes_fitted=len(genes),
         batch_size=batch_size,
         usage_steps=usage_steps,
@@ -198,6 +219,9 @@ def bcnmf(
         device=device,
         device_used=str(estimator.device_),
         random_state=random_state,
+        progress=progress,
+        key_added=key_added,
+        copy=copy,
         alpha_star=estimator.alpha_star_,
         alpha_used=estimator.alpha_,
         n_target_cells=len(groups.target),
@@ -206,16 +230,56 @@ def bcnmf(
         excluded_genes=np.asarray(adata.var_names[genes[estimator.excluded_genes_]], dtype=str),
         n_epochs=estimator.n_epochs_,
         converged=estimator.converged_,
-        versions={pkg: version(pkg) for pkg in ("bcnmf-sc", "anndata", "numpy", "scipy")} | {"torch": str(torch.__version__)},
+        versions={pkg: version(pkg) for pkg in ("bcnmf-sc", "anndata", "numpy", "scipy")}
+        | {"torch": str(torch.__version__)},
     )
-    results = dict(params=params, topics=np.array(names), history=pd.DataFrame(estimator.history_), enrichment=enrichment)
+    results = dict(
+        params=params, topics=np.array(names), history=pd.DataFrame(estimator.history_), enrichment=enrichment
+    )
+    ranked = rank_topic_genes(loadings, adata.var_names, names, n_genes=100, key=key_added, layer=layer)
 
     # everything computed: only now touch the user's object
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = usages
     adata.varm[key_added] = loadings
     adata.uns[key_added] = results
+    adata.uns[f"{key_added}_genes"] = ranked
     return adata if copy else None
+
+
+def _check_args(adata: AnnData, *, model, likelihood, n_target_topics, alpha, unsafe_alpha, w_update, random_state,
+                key_added, copy) -> None:
+    """Checks the engine does not make (or makes only after reading the data)."""
+    if not isinstance(adata, AnnData):
+        raise TypeError(f"adata must be an AnnData, got {type(adata).__name__}.")
+    for name, value, allowed in (
+        ("model", model, ("shared_target", "contrastive")),
+        ("likelihood", likelihood, ("poisson", "gaussian")),
+        ("w_update", w_update, ("epoch", "online")),
+        ("unsafe_alpha", unsafe_alpha, ("raise", "clip")),
+    ):
+        if value not in allowed:
+            raise ValueError(f"{name} must be one of {allowed}, got {value!r}.")
+    if n_target_topics is not None and model != "shared_target":
+        raise ValueError(f"n_target_topics applies only to model='shared_target', not model={model!r}.")
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float, np.number)) or not np.isfinite(alpha) or alpha < 0:
+        raise ValueError(f"alpha must be a finite number ≥ 0, got {alpha!r}.")
+    if isinstance(random_state, bool) or not isinstance(random_state, (int, np.integer)) or random_state < 0:
+        raise ValueError(f"random_state must be a non-negative integer, got {random_state!r}.")
+    if not isinstance(key_added, str) or not key_added:
+        raise ValueError(f"key_added must be a non-empty string, got {key_added!r}.")
+    if copy and adata.isbacked:
+        raise ValueError(
+            "copy=True is not supported for a backed AnnData (it would load the whole matrix); use copy=False, "
+            "which writes the results into the in-memory obsm/varm/uns, then adata.write_h5ad(new_path)."
+        )
+
+
+def _check_device(device) -> None:
+    try:
+        resolve_device(device)
+    except (RuntimeError, TypeError) as error:  # torch's message for an unknown device string
+        raise ValueError(f"device={device!r} is not a valid device: {error}") from None
 
 
 def _plain(value):

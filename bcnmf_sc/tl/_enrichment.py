@@ -78,3 +78,10 @@ def enrichment_table(
         index=pd.Index(topic_names, name="topic"),
     )
     return table
+
+
+def most_enriched_topic(table: pd.DataFrame) -> str:
+    """Name of the most target-enriched topic: enriched topics first, then the largest log2 fold change
+    (the order in which :mod:`bcnmf_sc.pl` shows topics)."""
+    order = np.lexsort((-table["log2fc"].to_numpy(dtype=float), ~table["enriched"].to_numpy(dtype=bool)))
+    return str(table.index[order[0]])

@@ -61,7 +61,8 @@ def resolve_groups(adata: AnnData, *, background_key: str, background: Any | Non
     if not is_background.any():
         raise ValueError(f"the background group is empty (background={background!r}).")
     if not is_target.any():
-        raise ValueError("the target group is empty: every cell is background.")
+        raise ValueError("the target group is empty: every cell is background." if target is None
+                         else f"the target group is empty (target={target!r}).")
     other = ~(is_target | is_background)
     return Groups(np.flatnonzero(is_target), np.flatnonzero(is_background), np.flatnonzero(other))
 
@@ -73,6 +74,8 @@ def _levels_text(column: pd.Series) -> str:
 
 def _member(column: pd.Series, levels: list, key: str) -> np.ndarray:
     present = set(pd.unique(column.astype(object)))
+    if isinstance(column.dtype, pd.CategoricalDtype):  # an unused category is a level with no cells
+        present |= set(column.cat.categories)
     missing = [level for level in levels if level not in present]
     if missing:
         raise ValueError(
@@ -88,12 +91,16 @@ def resolve_genes(adata: AnnData, mask_var: str | np.ndarray | Sequence[bool] | 
         return np.arange(adata.n_vars)
     if isinstance(mask_var, str):
         if mask_var not in adata.var.columns:
-            raise KeyError(f"mask_var={mask_var!r} is not a column of adata.var.")
+            raise KeyError(
+                f"mask_var={mask_var!r} is not a column of adata.var; available columns: {list(adata.var.columns)}."
+            )
         mask = adata.var[mask_var].to_numpy()
     else:
         mask = np.asarray(mask_var)
     if mask.dtype != bool or mask.shape != (adata.n_vars,):
-        raise ValueError(f"mask_var must be a boolean mask over the {adata.n_vars} genes (or a var column of booleans).")
+        raise ValueError(
+            f"mask_var must be a boolean mask over the {adata.n_vars} genes (or a var column of booleans)."
+        )
     if not mask.any():
         raise ValueError("mask_var selects no genes.")
     return np.flatnonzero(mask)
@@ -120,7 +127,7 @@ def source(matrix, rows: np.ndarray, cols: np.ndarray, *, name: str) -> RowSourc
     n_rows, n_cols = matrix.shape
     return RowSource(
         matrix,
-        rows=None if len(rows) == n_rows else rows,
-        cols=None if len(cols) == n_cols else cols,
+        rows=None if np.array_equal(rows, np.arange(n_rows)) else rows,
+        cols=None if np.array_equal(cols, np.arange(n_cols)) else cols,
         name=name,
     )

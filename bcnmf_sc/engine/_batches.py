@@ -1,0 +1,241 @@
+"""Minibatches of cells on the device: sparse (CSR and its transpose) or dense, planned once per fit.
+
+The updates need, per batch of cells, either the dense block (dense or nearly dense data) or the
+non-zeros in two orders: row-major (CSR, for the usages: ``(X ⊘ X̂) W``) and column-major (the CSR of
+the transpose, for the loadings' statistics ``(X ⊘ X̂)ᵀ U``). Building the column-major copy costs about
+as much as a whole multiplicative update, so for data held in memory the prepared batches are kept
+(as compact float32/int32 arrays, two copies of the non-zeros) and reused every epoch; backed (h5ad)
+data are streamed, one batch at a time.
+
+Everything here is plain torch on whatever device the caller chose; nothing is specific to CUDA
+beyond pinning host memory for faster copies.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from ._source import RowSource
+
+#: above this fraction of non-zeros a dense batch is cheaper than the sparse kernels
+SPARSE_MAX_DENSITY = 0.25
+
+
+_beta_warning_seen = False
+
+
+def _sparse_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    # structure comes from scipy (validated there); skip torch's O(nnz) invariant checks
+    global _beta_warning_seen
+    if _beta_warning_seen:
+        return torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    with warnings.catch_warnings():  # torch warns once per process that sparse CSR is "beta"
+        warnings.filterwarnings("ignore", message=".*[Ss]parse CSR tensor support is in beta.*")
+        out = torch.sparse_csr_tensor(crow, col, values, shape, check_invariants=False)
+    _beta_warning_seen = True
+    return out
+
+
+@dataclass
+class SparseBatch:
+    """The non-zeros of a batch of cells (rows) on the device, in row-major and, when needed, column-major order."""
+
+    n_rows: int
+    n_cols: int
+    crow: torch.Tensor  # n_rows + 1
+    col: torch.Tensor  # nnz
+    values: torch.Tensor  # nnz, compute dtype, row-major order
+    t_crow: torch.Tensor | None = None  # n_cols + 1 (the transpose's CSR)
+    t_row: torch.Tensor | None = None  # nnz
+    t_values: torch.Tensor | None = None  # nnz, column-major order
+    sum_x: float = 0.0
+    sum_sq: float = 0.0
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return self.n_rows, self.n_cols
+
+    @property
+    def nnz(self) -> int:
+        return int(self.values.numel())
+
+    def csr(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Cells × genes sparse CSR tensor with this structure (``values`` in row-major order)."""
+        return _sparse_csr(self.crow, self.col, self.values if values is None else values, self.shape)
+
+    def csr_t(self, values: torch.Tensor | None = None) -> torch.Tensor:
+        """Genes × cells sparse CSR tensor (the transpose; ``values`` in column-major order)."""
+        if self.t_crow is None:
+            raise RuntimeError("this batch was prepared without its transpose")
+        return _sparse_csr(self.t_crow, self.t_row, self.t_values if values is None else values,
+                           (self.n_cols, self.n_rows))
+
+    def to_dense(self) -> torch.Tensor:
+        return self.csr().to_dense()
+
+    def sum(self, dim: int, keepdim: bool = False) -> torch.Tensor:
+        """Row (``dim=1``) or column (``dim=0``) sums, like :meth:`torch.Tensor.sum` on the dense batch."""
+        if dim in (1, -1):
+            counts = torch.diff(self.crow)
+            rows = torch.repeat_interleave(torch.arange(self.n_rows, device=self.values.device), counts)
+            out = torch.zeros(self.n_rows, device=self.values.device, dtype=self.values.dtype).index_add_(0, rows, self.values)
+        elif dim == 0:
+            out = torch.zeros(self.n_cols, device=self.values.device, dtype=self.values.dtype)
+            out.index_add_(0, self.col.long(), self.values)
+        else:
+            raise ValueError(f"dim must be 0 or 1, got {dim}")
+        return out.unsqueeze(dim) if keepdim else out
+
+
+@dataclass
+class _HostBatch:
+    """A prepared sparse batch on the host (torch CPU tensors, pinned for CUDA)."""
+
+    n_rows: int
+    n_cols: int
+    crow: torch.Tensor
+    col: torch.Tensor
+    values: torch.Tensor
+    t_crow: torch.Tensor | None
+    t_row: torch.Tensor | None
+    t_values: torch.Tensor | None
+    sum_x: float
+    sum_sq: float
+
+    @property
+    def nbytes(self) -> int:
+        tensors = (self.crow, self.col, self.values, self.t_crow, self.t_row, self.t_values)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> SparseBatch:
+        def move(t: torch.Tensor | None, to_dtype=None) -> torch.Tensor | None:
+            if t is None:
+                return None
+            return t.to(device, to_dtype or t.dtype, non_blocking=True)
+
+        return SparseBatch(
+            self.n_rows, self.n_cols, move(self.crow), move(self.col), move(self.values, dtype),
+            move(self.t_crow), move(self.t_row), move(self.t_values, dtype), self.sum_x, self.sum_sq,
+        )
+
+
+def _host_batch(block: sp.csr_matrix, *, transpose: bool, pin: bool, value_dtype: np.dtype) -> _HostBatch:
+    """CSR (and optionally CSC) arrays of one batch, compact: int32 indices, float32 (or float64) values."""
+    # ``block`` may share memory with the caller's matrix: copy before anything that works in place
+    if block.nnz and not np.all(block.data):
+        block = block.copy()
+        block.eliminate_zeros()  # explicit zeros: x log(x / x̂) would read 0 · log 0
+    if not block.has_canonical_format:
+        block = block.copy()
+        block.sum_duplicates()
+    index_dtype = np.int32 if block.nnz < np.iinfo(np.int32).max else np.int64
+    data = np.asarray(block.data, dtype=value_dtype)
+
+    def tensor(array: np.ndarray, dtype) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
+        return t.pin_memory() if pin else t
+
+    t_crow = t_row = t_values = None
+    if transpose:
+        csc = sp.csr_matrix((data, block.indices, block.indptr), shape=block.shape).tocsc()  # counting sort, O(nnz)
+        t_crow, t_row, t_values = tensor(csc.indptr, index_dtype), tensor(csc.indices, index_dtype), tensor(csc.data, value_dtype)
+    data64 = data.astype(np.float64, copy=False)
+    return _HostBatch(
+        block.shape[0], block.shape[1], tensor(block.indptr, index_dtype), tensor(block.indices, index_dtype),
+        tensor(data, value_dtype), t_crow, t_row, t_values, float(data64.sum()), float(np.dot(data64, data64)),
+    )
+
+
+def partition(n_rows: int, n_batches: int, *, rng: np.random.Generator | None = None, contiguous: bool = True) -> list[np.ndarray]:
+    """Positions ``0 … n_rows − 1`` in exactly ``n_batches`` near-equal batches (some empty if ``n_batches > n_rows``).
+
+    Contiguous runs unless ``contiguous=False``, then a seeded random split (each batch sorted).
+    """
+    order = np.arange(n_rows) if contiguous or rng is None else rng.permutation(n_rows)
+    chunks = np.array_split(order, n_batches)
+    return chunks if contiguous or rng is None else [np.sort(c) for c in chunks]
+
+
+class BatchPlan:
+    """The fixed batches of one :class:`RowSource` for a fit, delivered on the device epoch after epoch.
+
+    Parameters
+    ----------
+    source
+        Cells to visit.
+    n_batches
+        Exactly this many batches (empty ones are skipped when iterating; data-parallel ranks must take
+        the same number of steps).
+    sparse
+        Deliver :class:`SparseBatch` objects (else dense tensors).
+    transpose
+        Also prepare the column-major order of sparse batches (needed for the loadings' statistics).
+    cache
+        Keep prepared sparse batches between epochs (in-memory data); backed data are always streamed.
+    random_membership
+        Assign cells to batches at random (seeded by ``rng``) instead of contiguous runs; ignored for
+        backed data, whose batches stay contiguous on disk.
+    """
+
+    def __init__(self, source: RowSource, n_batches: int, *, device: torch.device, dtype: torch.dtype, sparse: bool,
+                 transpose: bool = True, cache: bool = True, rng: np.random.Generator | None = None,
+                 random_membership: bool = False):
+        self.source = source
+        self.device, self.dtype = device, dtype
+        self.sparse, self.transpose = sparse, transpose
+        self.cache = bool(cache) and not source.backed and sparse
+        contiguous = source.backed or not random_membership
+        self.positions = partition(source.n_rows, max(1, int(n_batches)), rng=rng, contiguous=contiguous)
+        self._cached: list[_HostBatch | None] = [None] * len(self.positions)
+        self._pin = device.type == "cuda"
+        self._value_dtype = np.float64 if dtype == torch.float64 else np.float32
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    @property
+    def cached_bytes(self) -> int:
+        return sum(b.nbytes for b in self._cached if b is not None)
+
+    def _host(self, i: int) -> _HostBatch:
+        batch = self._cached[i]
+        if batch is None:
+            batch = _host_batch(self.source.read_csr(self.positions[i]), transpose=self.transpose, pin=self._pin,
+                                value_dtype=self._value_dtype)
+            if self.cache:
+                self._cached[i] = batch
+        return batch
+
+    def get(self, i: int) -> SparseBatch | torch.Tensor:
+        """Batch ``i`` on the device."""
+        if self.sparse:
+            return self._host(i).to(self.device, self.dtype)
+        block = torch.from_numpy(self.source.read(self.positions[i]))
+        if self._pin:
+            block = block.pin_memory()
+        return block.to(self.device, self.dtype, non_blocking=True)
+
+    def __iter__(self) -> Iterator[tuple[np.ndarray, SparseBatch | torch.Tensor]]:
+        return self.epoch()
+
+    def epoch(self, order: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, SparseBatch | torch.Tensor]]:
+        """``(positions, batch)`` for every non-empty batch, in ``order`` (default: as planned)."""
+        for i in range(len(self.positions)) if order is None else order:
+            if len(self.positions[i]):
+                yield self.positions[i], self.get(i)
+
+
+def use_sparse(nnz: int, n_rows: int, n_cols: int) -> bool:
+    """Sparse kernels unless the data are nearly dense (more than ``SPARSE_MAX_DENSITY`` non-zeros)."""
+    return nnz <= SPARSE_MAX_DENSITY * max(n_rows * n_cols, 1)
+
+
+def n_batches_for(n_cells: int, batch_size: int) -> int:
+    return max(1, math.ceil(n_cells / batch_size))
