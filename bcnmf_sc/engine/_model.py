@@ -533,8 +533,9 @@ class BCNMF:
         if any_rank(not finite) or not np.isfinite(background_loss):
             return "non-finite values in the factors or losses"
         # a contrastive fit may trade target fit for contrast, so only a gross excess counts
-        # (shared + target is a plain, bounded minimisation: its target loss cannot run away)
-        if self.model == "contrastive" and epoch >= 2 and np.isfinite(target_loss) and target_loss > 10.0 * self._null_target + 0.25 * self._scale_target + 1e-12:
+        # (shared + target is a plain, bounded minimisation, and squared error is bounded for every α: a poor
+        # target fit there is the chosen trade-off, not a runaway)
+        if self.model == "contrastive" and self.likelihood == "poisson" and epoch >= 2 and np.isfinite(target_loss) and target_loss > 10.0 * self._null_target + 0.25 * self._scale_target + 1e-12:
             return (f"target loss per cell {target_loss:.4g} rose far above that of a rank-one fit "
                     f"({self._null_target:.4g})")
         if self.model == "contrastive" and self.alpha_ > 0 and background_loss > 10.0 * self._null_background + 5.0 * self._scale_background + 1e-12:
@@ -604,11 +605,15 @@ class BCNMF:
                          sparse=use_sparse(summary.nnz, source.n_rows, source.n_cols), transpose=False, cache=False)
         for positions, x in plan.epoch():
             u = (x.sum(dim=1, keepdim=True).clamp_min(1e-6) / self.n_topics).expand(-1, self.n_topics).clone()
+            # stop each cell on its own relative change (a batch-wide criterion would make a cell's
+            # usages depend on which cells share its batch, i.e. on batch_size)
+            done = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)
             for _ in range(0, max_steps, 10):
                 new_u = update_usages(x, u, w, likelihood=self.likelihood, n_steps=10, mask=None)
-                change = ((new_u - u).abs().sum() / u.abs().sum().clamp_min(1e-30)).item()
-                u = new_u
-                if change < tol:
+                change = (new_u - u).abs().sum(dim=1) / u.abs().sum(dim=1).clamp_min(1e-30)
+                u = torch.where(done[:, None], u, new_u)
+                done |= change < tol
+                if bool(done.all()):
                     break
             usages[positions] = u.double().cpu().numpy()
         return usages

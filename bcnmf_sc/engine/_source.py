@@ -194,6 +194,8 @@ class RowSource:
             block = np.asarray(block)
             if self.cols is not None:
                 block = block[:, self.cols]
+            if block.dtype == np.float16:  # scipy.sparse has no float16; upcast this batch only
+                block = block.astype(np.float32)
             block = sp.csr_matrix(block)
         return block
 

@@ -7,7 +7,9 @@ contract: ``ax`` (draw into existing axes), ``show`` (``None``: in interactive m
 
 from ._embedding import embedding
 from ._history import history
+from ._stability import stability
+from ._sweep import sweep
 from ._topic_genes import topic_genes
 from ._usage import usage
 
-__all__ = ["embedding", "history", "topic_genes", "usage"]
+__all__ = ["embedding", "history", "stability", "sweep", "topic_genes", "usage"]

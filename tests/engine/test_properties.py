@@ -14,7 +14,7 @@ import scipy.sparse as sp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bcnmf_sc.engine import BCNMF
+from bcnmf_sc.engine import BCNMF, match_topics
 
 SETTINGS = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True, database=None,
                 print_blob=False)
@@ -121,6 +121,9 @@ def test_scaling_the_data_scales_the_usages_and_keeps_the_loadings(problem, fact
         return  # nothing to scale
     base = _fit(x, y, k, params, max_epochs=5, tol=0)
     scaled = _fit(factor * x, factor * y, k, params, max_epochs=5, tol=0)
+    if base is None or scaled is None:
+        assert base is None and scaled is None  # refused either way
+        return
     assert scaled.alpha_star_ == pytest.approx(base.alpha_star_, rel=1e-9)
     np.testing.assert_allclose(scaled.loadings_, base.loadings_, rtol=1e-3, atol=1e-6)
     top = max(1.0, float(base.target_usages_.max()))
@@ -137,14 +140,20 @@ def test_scaling_the_data_scales_the_usages_and_keeps_the_loadings(problem, fact
 )
 def test_target_usages_do_not_depend_on_the_order_of_background_cells(planted, n_target, n_background, model,
                                                                       likelihood, seed):
-    """Reordering the background cells only reassigns their random starting usages (a seed effect), so on
-    data with a well-defined optimum the converged target usages agree to within 2 % of the largest usage
-    (measured: ≤ 0.2 %)."""
+    """Reordering the background cells only reassigns their random starting usages (a seed effect): on data
+    with a well-defined optimum the fit may come out with the topics in another order, but after matching
+    topics the converged target usages agree to within 2 % of the largest usage (measured: ≤ 0.2 %)."""
     x, y, _ = planted(n_target=n_target, n_background=n_background, n_genes=18, likelihood=likelihood, seed=seed)
     kwargs = dict(model=model, likelihood=likelihood, alpha=0.1, max_epochs=150, tol=1e-6, random_state=0)
     order = np.random.default_rng(seed).permutation(n_background)
     a = BCNMF(3, **kwargs).fit(x, y)
     b = BCNMF(3, **kwargs).fit(x, y[order])
+    # the start may come out with the topics in another order: compare matched topics
+    matched, similarity = match_topics(a.loadings_, b.loadings_)
+    assert similarity.min() > 0.99
+    if model == "shared_target":  # shared topics stay shared, target topics target
+        assert list(b.topic_kind_[matched]) == list(a.topic_kind_)
     top = a.target_usages_.max()
-    assert np.abs(a.target_usages_ - b.target_usages_).max() <= 0.02 * top
-    np.testing.assert_allclose(b.background_usages_, a.background_usages_[order], atol=0.02 * a.background_usages_.max())
+    assert np.abs(a.target_usages_ - b.target_usages_[:, matched]).max() <= 0.02 * top
+    np.testing.assert_allclose(b.background_usages_[:, matched], a.background_usages_[order],
+                               atol=0.02 * a.background_usages_.max())
