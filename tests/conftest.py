@@ -188,3 +188,9 @@ def assert_unchanged(before: dict, adata: ad.AnnData) -> None:
 def adata_guard():
     """``(snapshot, assert_unchanged)``: take a deep snapshot of an AnnData and later check nothing changed."""
     return snapshot, assert_unchanged
+
+
+@pytest.fixture(scope="session")
+def same_value():
+    """Deep, NaN-aware equality of uns-like values (dicts, arrays, record arrays, DataFrames, scalars)."""
+    return assert_same_value

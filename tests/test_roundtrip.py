@@ -74,14 +74,8 @@ def _roundtrip(adata, tmp_path, name="fit.h5ad"):
     return path, ad.read_h5ad(path)
 
 
-def _assert_same(a, b, where):
-    from conftest import assert_same_value
-
-    assert_same_value(a, b, where)
-
-
 @pytest.mark.parametrize("model", ["shared_target", "contrastive"])
-def test_bcnmf_results_reload_identically(small_adata, tmp_path, model):
+def test_bcnmf_results_reload_identically(small_adata, same_value, tmp_path, model):
     adata = small_adata(n_other=6, fmt="csr")
     mask = np.ones(adata.n_vars, bool)
     mask[:3] = False
@@ -98,15 +92,15 @@ def test_bcnmf_results_reload_identically(small_adata, tmp_path, model):
     np.testing.assert_array_equal(reloaded.obsm["fit"], adata.obsm["fit"])
     np.testing.assert_array_equal(reloaded.varm["fit"], adata.varm["fit"])
     assert reloaded.obsm["fit"].dtype == adata.obsm["fit"].dtype
-    _assert_same(adata.uns["fit"], reloaded.uns["fit"], "uns['fit']")
-    _assert_same(adata.uns["fit_genes"], reloaded.uns["fit_genes"], "uns['fit_genes']")
+    same_value(adata.uns["fit"], reloaded.uns["fit"], "uns['fit']")
+    same_value(adata.uns["fit_genes"], reloaded.uns["fit_genes"], "uns['fit_genes']")
     # tables keep their index, column order and dtypes (enriched stays boolean, kind stays categorical)
     for table in ("enrichment", "history"):
         pd.testing.assert_frame_equal(reloaded.uns["fit"][table], adata.uns["fit"][table])
     assert reloaded.uns["fit"]["enrichment"]["enriched"].dtype == bool
     # a second round trip is a fixed point
     _, again = _roundtrip(reloaded, tmp_path, "again.h5ad")
-    _assert_same(reloaded.uns["fit"], again.uns["fit"], "uns['fit'] (second round trip)")
+    same_value(reloaded.uns["fit"], again.uns["fit"], "uns['fit'] (second round trip)")
 
 
 def test_reloaded_results_still_work(small_adata, tmp_path):
@@ -126,17 +120,17 @@ def test_reloaded_results_still_work(small_adata, tmp_path):
     _assert_native(reloaded.uns["again"], "uns['again']")
 
 
-def test_topic_genes_results_reload_identically(small_adata, tmp_path):
+def test_topic_genes_results_reload_identically(small_adata, same_value, tmp_path):
     adata = small_adata(fmt="csr")
     bc.tl.bcnmf(adata, **FAST)
     bc.tl.topic_genes(adata, n_genes=7, key_added="ranked")
     _assert_native(adata.uns["ranked"], "uns['ranked']")
     path, reloaded = _roundtrip(adata, tmp_path)
     _assert_h5_encoded(path, [("uns", "ranked")])
-    _assert_same(adata.uns["ranked"], reloaded.uns["ranked"], "uns['ranked']")
+    same_value(adata.uns["ranked"], reloaded.uns["ranked"], "uns['ranked']")
 
 
-def test_sweep_and_consensus_results_reload_identically(small_adata, tmp_path):
+def test_sweep_and_consensus_results_reload_identically(small_adata, same_value, tmp_path):
     adata = small_adata(n_target=40, n_background=40, fmt="csr")
     common = dict(background_key="condition", background="ctrl", max_epochs=5, progress=False)
     bc.tl.bcnmf_sweep(adata, **common, n_topics=(2, 3), n_seeds=2, key_added="sweep")
@@ -146,7 +140,7 @@ def test_sweep_and_consensus_results_reload_identically(small_adata, tmp_path):
     _assert_native(adata.uns["cons"], "uns['cons']")
     path, reloaded = _roundtrip(adata, tmp_path)
     _assert_h5_encoded(path, keys)
-    _assert_same(adata.uns["sweep"], reloaded.uns["sweep"], "uns['sweep']")
-    _assert_same(adata.uns["cons"], reloaded.uns["cons"], "uns['cons']")
+    same_value(adata.uns["sweep"], reloaded.uns["sweep"], "uns['sweep']")
+    same_value(adata.uns["cons"], reloaded.uns["cons"], "uns['cons']")
     np.testing.assert_array_equal(reloaded.obsm["cons"], adata.obsm["cons"])
     np.testing.assert_array_equal(reloaded.varm["cons"], adata.varm["cons"])

@@ -137,6 +137,30 @@ def bcnmf(
         Genes ranked per topic by specificity, in the layout of :func:`scanpy.tl.rank_genes_groups`
         (100 genes per topic; see :func:`bcnmf_sc.tl.topic_genes` for the score).
 
+    Raises
+    ------
+    KeyError
+        ``background_key``, ``layer`` or a ``mask_var`` column is missing (the message lists what exists).
+    ValueError
+        Negative, NaN or infinite values (naming the group where they were found); a ``background`` or
+        ``target`` level that does not exist (the levels are listed); an empty target or background group;
+        a group with fewer cells, or fewer fitted genes, than topics; ``mask_var`` selecting no genes; a
+        target with only zeros; a backed CSC matrix; an invalid setting.
+    TypeError
+        Data that are not real numbers (bool, object, complex, strings).
+    bcnmf_sc.UnsafeAlphaError
+        Poisson contrastive model with ``alpha ≥ 0.5 · α*`` and ``unsafe_alpha="raise"``.
+    bcnmf_sc.CollapseError
+        Every start collapsed (never silently returned).
+
+    In every case ``adata`` is left exactly as it was.
+
+    Warns
+    -----
+    UserWarning
+        Non-integer values with ``likelihood="poisson"`` (the fit proceeds: generalised KL is defined for any
+        non-negative data; use ``likelihood="gaussian"`` for log-normalised data), and a clipped α.
+
     Examples
     --------
     >>> import bcnmf_sc as bc

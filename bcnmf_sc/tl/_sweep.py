@@ -128,13 +128,17 @@ def bcnmf_sweep(
       needs it, so it carries shared structure (too few shared topics, or α too small);
     * ``unstable``: some target topic has stability below ``min_stability`` across seeds.
 
-    Among the unflagged settings, let ``L*`` be the smallest mean held-out target loss and ``SE*`` its
-    standard error over seeds. The recommended setting is, among the unflagged settings whose mean
-    held-out target loss is at most ``L* + SE*`` (the one-standard-error rule), the one with the fewest
-    topics; ties go to the smallest α (contrastive) or the fewest target topics (shared + target), then to
-    the higher stability. When every setting is flagged, the settings that are neither unsafe, collapsed
-    nor a poor fit are ranked by their number of flags and the same rule is applied to those with the
-    fewest, with a warning; when none is left nothing is recommended.
+    Held-out losses are compared seed by seed, on the same held-out cells, so that how hard one split
+    happens to be cancels: ``target_excess`` is a setting's held-out target loss minus the best loss of any
+    setting on the same seed, averaged over seeds. Among the unflagged settings, the *best* has the
+    smallest ``target_excess``; a setting is *within one standard error* of it when its loss exceeds the
+    best's, seed by seed, by no more than the standard error of those differences (the one-standard-error
+    rule on paired differences). The recommended setting is, among the unflagged settings within one
+    standard error of the best, the one with the fewest topics; ties go to the smallest α (contrastive)
+    or the fewest target topics (shared + target), then to the higher stability. When every setting is
+    flagged, the settings that are neither unsafe, collapsed nor a poor fit are ranked by their number of
+    flags and the same rule is applied to those with the fewest, with a warning; when none is left
+    nothing is recommended.
 
     Parameters
     ----------
@@ -177,8 +181,10 @@ def bcnmf_sweep(
 
     ``table``
         DataFrame, one row per setting: ``model``, ``n_topics``, ``n_target_topics``, ``alpha``,
-        ``target_loss``, ``target_loss_se``, ``background_loss``, ``background_loss_se``,
-        ``null_target_loss``, ``auroc``, ``leakage``, ``n_enriched``, ``stability``, ``stability_min``,
+        ``target_loss``, ``target_loss_se``, ``background_loss``, ``background_loss_se`` (mean and standard
+        error over seeds), ``target_excess``, ``target_excess_se``, ``background_excess``,
+        ``background_excess_se`` (the same minus the best setting's loss on each seed), ``null_target_loss``
+        (the one-topic model), ``auroc``, ``leakage``, ``n_enriched``, ``stability``, ``stability_min``,
         ``n_fitted``, ``n_collapsed``, ``n_stuck``, ``unsafe``, ``flags`` (comma-separated flag names,
         ``""`` when none), ``acceptable`` (no flag), ``within_1se`` (in the one-standard-error set of the
         rule), ``recommended``, ``seconds`` (fitting and evaluation time over all seeds).
@@ -289,7 +295,7 @@ def bcnmf_sweep(
         setting.loadings = [r["loadings"] for r in setting.runs if r["status"] == "ok"]
 
     table, runs = _tables(settings, model, max_leakage, min_stability)
-    recommended_index = _recommend(table, model)
+    recommended_index = _recommend(table, runs, model)
     table["recommended"] = False
     recommended = None
     loadings_out = kinds_out = None
@@ -480,6 +486,14 @@ _RUN_COLUMNS = ["target_loss", "background_loss", "auroc", "leakage", "n_enriche
 
 def _tables(settings: list[_Setting], model: str, max_leakage: float, min_stability: float) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, run_rows = [], []
+    # per seed, the best held-out loss over settings: losses are compared on the same held-out cells
+    baseline: dict[str, dict[int, float]] = {"target": {}, "background": {}}
+    for setting in settings:
+        for run in setting.runs:
+            if run["status"] == "ok":
+                for name, best in baseline.items():
+                    best[run["seed"]] = min(best.get(run["seed"], np.inf), run[f"{name}_loss"])
+    excess: dict[str, tuple[float, float]] = {}
     for index, setting in enumerate(settings):
         for run in setting.runs:
             run_rows.append(dict(setting=index, model=model, n_topics=setting.n_topics,
@@ -488,11 +502,18 @@ def _tables(settings: list[_Setting], model: str, max_leakage: float, min_stabil
                                  **{c: run.get(c, np.nan) for c in _RUN_COLUMNS},
                                  null_target_loss=run["null_target_loss"], seconds=run["seconds"]))
         ok = [r for r in setting.runs if r["status"] == "ok"]
+        for name in ("target", "background"):
+            values = np.array([r[f"{name}_loss"] - baseline[name][r["seed"]] for r in ok])
+            row_excess = float(values.mean()) if len(values) else np.nan
+            row_excess_se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+            excess[name] = (row_excess, row_excess_se)
         row = dict(model=model, n_topics=setting.n_topics, n_target_topics=_kt(setting), alpha=_alpha(setting))
         for name in ("target_loss", "background_loss"):
             values = np.array([r[name] for r in ok])
             row[name] = float(values.mean()) if len(values) else np.nan
             row[f"{name}_se"] = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+        for name in ("target", "background"):
+            row[f"{name}_excess"], row[f"{name}_excess_se"] = excess[name]
         row["null_target_loss"] = float(np.mean([r["null_target_loss"] for r in setting.runs]))
         row["auroc"] = float(np.mean([r["auroc"] for r in ok])) if ok else np.nan
         row["leakage"] = float(np.mean([r["leakage"] for r in ok])) if ok else np.nan
@@ -513,7 +534,7 @@ def _tables(settings: list[_Setting], model: str, max_leakage: float, min_stabil
             flags.append("unsafe")
         if row["n_collapsed"]:
             flags.append("collapsed")
-        if ok and row["target_loss"] >= row["null_target_loss"]:
+        if ok and np.mean([r["target_loss"] - r["null_target_loss"] for r in ok]) >= 0:
             flags.append("poor_fit")
         if ok and row["n_enriched"] < 1:
             flags.append("no_signal")
@@ -542,13 +563,13 @@ def _alpha(setting: _Setting) -> float:
 _FATAL = {"unsafe", "collapsed", "poor_fit"}
 
 
-def _recommend(table: pd.DataFrame, model: str) -> int | None:
+def _recommend(table: pd.DataFrame, runs: pd.DataFrame, model: str) -> int | None:
     """Index of the recommended setting by the rule documented in :func:`bcnmf_sweep`, or ``None``."""
     table["within_1se"] = False
     flags = table["flags"].str.split(",").apply(lambda f: {x for x in f if x})
     pool = table[table["acceptable"]]
     if pool.empty:
-        usable = table[flags.apply(lambda f: not (f & _FATAL))]
+        usable = table[flags.apply(lambda f: not (f & _FATAL)) & (table["n_fitted"] > 0)]
         if usable.empty:
             return None
         n_flags = flags[usable.index].apply(len)
@@ -558,13 +579,21 @@ def _recommend(table: pd.DataFrame, model: str) -> int | None:
             f"({sorted(set(pool['flags']))}). Inspect the sweep with pl.sweep and consider widening the grid.",
             UserWarning, stacklevel=3,
         )
-    best = pool["target_loss"].idxmin()
-    limit = pool.loc[best, "target_loss"] + pool.loc[best, "target_loss_se"]
-    eligible = pool[pool["target_loss"] <= limit]
+    best = pool["target_excess"].idxmin()
+    losses = runs[runs["status"] == "ok"].pivot(index="seed", columns="setting", values="target_loss")
+    eligible = []
+    for index in pool.index:
+        diff = (losses[index] - losses[best]).dropna().to_numpy() if index in losses and best in losses else []
+        if len(diff) == 0:
+            continue
+        se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+        if diff.mean() <= se:  # not worse than the best by more than one standard error, seed by seed
+            eligible.append(index)
+    eligible = pool.loc[eligible]
     table.loc[eligible.index, "within_1se"] = True
     secondary = "alpha" if model == "contrastive" else "n_target_topics"
     ranked = eligible.assign(_stab=-eligible["stability"].fillna(0.0)).sort_values(
-        ["n_topics", secondary, "_stab", "target_loss"], kind="stable")
+        ["n_topics", secondary, "_stab", "target_excess"], kind="stable")
     return int(ranked.index[0])
 
 

@@ -89,7 +89,7 @@ def test_sparse_path_fits_like_the_dense_path(groups, monkeypatch, model, likeli
     x, y = groups
     if likelihood == "gaussian":  # dense batches are read as float32: use values float32 holds exactly
         x, y = (m.log1p().astype(np.float32).astype(np.float64) for m in (x, y))
-    kwargs = dict(model=model, likelihood=likelihood, alpha=0.1, max_epochs=15, tol=0, dtype=torch.float64,
+    kwargs = dict(model=model, likelihood=likelihood, alpha=0.005, max_epochs=15, tol=0, dtype=torch.float64,
                   random_state=0, batch_size=64)
     sparse_fit = BCNMF(3, **kwargs).fit(x, y)
     monkeypatch.setattr(batches_module, "SPARSE_MAX_DENSITY", 0.0)  # every batch dense
@@ -104,7 +104,7 @@ def test_sparse_path_fits_like_the_dense_path(groups, monkeypatch, model, likeli
 def test_epoch_updates_do_not_depend_on_batch_size(groups, model):
     """W is updated once per pass from sums over cells, so the partition into batches is irrelevant."""
     x, y = groups
-    kwargs = dict(model=model, alpha=0.1, max_epochs=12, tol=0, random_state=0, w_update="epoch")
+    kwargs = dict(model=model, alpha=0.005, max_epochs=12, tol=0, random_state=0, w_update="epoch")
     fits = [BCNMF(3, batch_size=b, **kwargs).fit(x, y) for b in (16, 100, 10_000)]
     for other in fits[1:]:
         np.testing.assert_allclose(other.loadings_, fits[0].loadings_, rtol=2e-4, atol=1e-7)

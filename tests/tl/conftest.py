@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 from anndata import AnnData
-from tl_helpers import FAST, small_adata
+from .tl_helpers import FAST, small_adata
 
 import bcnmf_sc as bc
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scipy.sparse as sp
-from tl_helpers import FAST, assert_untouched, small_adata
+from .tl_helpers import FAST, assert_untouched, small_adata
 
 import bcnmf_sc as bc
 from bcnmf_sc.engine import UnsafeAlphaError

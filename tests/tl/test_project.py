@@ -5,7 +5,7 @@ from __future__ import annotations
 import anndata as ad
 import numpy as np
 import pytest
-from tl_helpers import FAST, assert_untouched, small_adata
+from .tl_helpers import FAST, assert_untouched, small_adata
 
 import bcnmf_sc as bc
 from bcnmf_sc.tl._enrichment import auroc

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import scanpy as sc
-from tl_helpers import assert_untouched
+from .tl_helpers import assert_untouched
 
 import bcnmf_sc as bc
 from bcnmf_sc.tl._topic_genes import PSEUDO, specificity
