@@ -157,8 +157,8 @@ def main(argv=None) -> None:
             if run_reference:
                 keep("reference", reference_per_pass(x, y, args.passes))
             keep("sklearn", sklearn_per_pass(all_cells, 1 if n_cells >= 1_000_000 else args.passes))
-            keep("ours (exact pass)", ours_per_pass(x, y, EXACT, args.passes))
-            keep("ours (online)", ours_per_pass(x, y, ONLINE, args.passes))
+            keep("ours (exact pass)", ours_per_pass(x, y, EXACT, 4 * args.passes))
+            keep("ours (online)", ours_per_pass(x, y, ONLINE, 4 * args.passes))
         ref = best.get("reference", (np.nan, np.nan))
         skl = best["sklearn"]
         for name in ("ours (exact pass)", "ours (online)"):

@@ -66,6 +66,22 @@ class SparseBatch:
     def nnz(self) -> int:
         return int(self.values.numel())
 
+    def scratch(self, transposed: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """A sparse CSR tensor with this batch's structure (or its transpose's) over a reusable value buffer.
+
+        ``torch.sparse.sampled_addmm(t, a, b, beta=0, out=t)`` then writes ``(a @ b)`` at the non-zeros into
+        the buffer in place, without the copy of the structure that a fresh result costs. The buffer always
+        holds finite numbers (``beta · value`` is still evaluated with ``beta = 0``).
+        """
+        key = "_scratch_t" if transposed else "_scratch"
+        cached = self.__dict__.get(key)
+        if cached is None:
+            buffer = torch.zeros_like(self.values)
+            tensor = self.csr_t(buffer) if transposed else self.csr(buffer)
+            cached = (tensor, buffer)
+            self.__dict__[key] = cached
+        return cached
+
     def csr(self, values: torch.Tensor | None = None) -> torch.Tensor:
         """Cells × genes sparse CSR tensor with this structure (``values`` in row-major order)."""
         return _sparse_csr(self.crow, self.col, self.values if values is None else values, self.shape)

@@ -104,7 +104,7 @@ def batch_loss(x: torch.Tensor | SparseBatch, u: torch.Tensor, w: torch.Tensor, 
     """Loss of a batch (no statistics), for held-out evaluation."""
     if isinstance(x, SparseBatch):
         if likelihood == "poisson":
-            ratio = _ratio_at_nonzeros(x, u, w)
+            ratio = _ratio_at_nonzeros(x, u, w).values()
             return _poisson_loss(x.values, ratio, x.sum_x, u, w)
         xw = x.csr() @ w
         return x.sum_sq - 2.0 * (u * xw).sum() + ((u.T @ u) * (w.T @ w)).sum()
@@ -117,14 +117,19 @@ def batch_loss(x: torch.Tensor | SparseBatch, u: torch.Tensor, w: torch.Tensor, 
 
 # ------------------------------------------------------------------------------------ sparse kernels
 def _ratio_at_nonzeros(x: SparseBatch, u: torch.Tensor, w: torch.Tensor, *, transposed: bool = False) -> torch.Tensor:
-    """``x / x̂`` at the non-zeros, row-major (or column-major with ``transposed``); x̂ = u wᵀ by SDDMM."""
+    """``x / x̂`` at the non-zeros, row-major (or column-major with ``transposed``); x̂ = u wᵀ by SDDMM.
+
+    Returns the batch's scratch CSR tensor (see :meth:`SparseBatch.scratch`) whose values now hold the ratio.
+    """
+    tensor, buffer = x.scratch(transposed)
     if transposed:
-        xhat = torch.sparse.sampled_addmm(x.csr_t(), w, u.T, beta=0.0).values()
+        torch.sparse.sampled_addmm(tensor, w, u.T, beta=0.0, out=tensor)
         values = x.t_values
     else:
-        xhat = torch.sparse.sampled_addmm(x.csr(), u, w.T, beta=0.0).values()
+        torch.sparse.sampled_addmm(tensor, u, w.T, beta=0.0, out=tensor)
         values = x.values
-    return torch.div(values, xhat.clamp_min_(EPS), out=xhat)
+    torch.div(values, buffer.clamp_min_(EPS), out=buffer)
+    return tensor
 
 
 def _poisson_loss(values: torch.Tensor, ratio: torch.Tensor, sum_x: float, u: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
@@ -138,7 +143,7 @@ def _update_usages_sparse(x: SparseBatch, u, w, *, likelihood: str, n_steps: int
         col_sums = w.sum(dim=0).clamp_min(EPS)
         for _ in range(n_steps):
             ratio = _ratio_at_nonzeros(x, u, w)
-            u = (u * (x.csr(ratio) @ w) / col_sums).clamp_min_(FLOOR)
+            u = (u * (ratio @ w) / col_sums).clamp_min_(FLOOR)
             if mask is not None:
                 u = u * mask
     else:
@@ -154,9 +159,9 @@ def _update_usages_sparse(x: SparseBatch, u, w, *, likelihood: str, n_steps: int
 def _batch_stats_sparse(x: SparseBatch, u: torch.Tensor, w: torch.Tensor, *, likelihood: str) -> SideStats:
     if likelihood == "poisson":
         ratio = _ratio_at_nonzeros(x, u, w, transposed=True)
-        data = x.csr_t(ratio) @ u
+        data = ratio @ u
         model = u.sum(dim=0)
-        loss = _poisson_loss(x.t_values, ratio, x.sum_x, u, w)
+        loss = _poisson_loss(x.t_values, ratio.values(), x.sum_x, u, w)
     else:
         data = x.csr_t() @ u
         model = u.T @ u

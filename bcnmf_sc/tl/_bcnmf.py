@@ -52,7 +52,7 @@ def bcnmf(
     w_update: Literal["epoch", "online"] = "epoch",
     max_epochs: int = 200,
     tol: float = 1e-4,
-    n_starts: int = 1,
+    n_starts: int = 3,
     unsafe_alpha: Literal["raise", "clip"] = "raise",
     device: str = "auto",
     random_state: int = 0,
@@ -100,8 +100,8 @@ def bcnmf(
     batch_size, usage_steps, w_update, max_epochs, tol
         Engine settings, see :class:`bcnmf_sc.BCNMF`.
     n_starts
-        Independent starts; the best non-collapsed one by target fit is kept and topic stability across
-        starts is reported.
+        Independent starts (default 3); the best non-collapsed one by target fit is kept and topic
+        stability across starts is reported. Use 1 for speed on very large data.
     unsafe_alpha
         ``"raise"`` refuses an unsafe α, ``"clip"`` lowers it to the limit with a warning.
     device
