@@ -146,6 +146,7 @@ def main(argv=None) -> None:
     parser.add_argument("--w-update", default=None, help="passed to the fit (default: the package default)")
     parser.add_argument("--max-epochs", type=int, default=None)
     parser.add_argument("--tol", type=float, default=None)
+    parser.add_argument("--n-starts", type=int, default=1, help="starts per fit (the package default may be more)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--timeout", type=int, default=3600)
     parser.add_argument("--out", default=str(RESULTS / "memory.md"))
@@ -157,8 +158,8 @@ def main(argv=None) -> None:
         print("RESULT " + json.dumps(child(args.child, args.path, json.loads(args.params))), flush=True)
         return
 
-    params = {k: v for k, v in dict(w_update=args.w_update, max_epochs=args.max_epochs, tol=args.tol).items()
-              if v is not None}
+    params = {k: v for k, v in dict(w_update=args.w_update, max_epochs=args.max_epochs, tol=args.tol,
+                                    n_starts=args.n_starts).items() if v is not None}
     shown = dict(params)
     if args.threads:
         params["_threads"] = args.threads

@@ -48,7 +48,7 @@ ONLINE = dict(w_update="online", usage_steps=2, batch_size=2048)
 
 
 def _ours(config: dict, max_epochs: int, **extra) -> BCNMF:
-    return BCNMF(K, model="contrastive", alpha=0.0, max_epochs=max_epochs, tol=0, random_state=0,
+    return BCNMF(K, model="contrastive", alpha=0.0, max_epochs=max_epochs, tol=0, random_state=0, n_starts=1,
                  **{**config, **extra})
 
 

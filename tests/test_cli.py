@@ -16,7 +16,7 @@ import scipy.sparse as sp
 import bcnmf_sc as bc
 from bcnmf_sc._cli import _parser, main
 
-FAST = ["--n-topics", "6", "--n-target-topics", "2", "--max-epochs", "20", "--no-progress"]
+FAST = ["--n-topics", "6", "--n-target-topics", "2", "--max-epochs", "20", "--n-starts", "1", "--no-progress"]
 
 
 @pytest.fixture

@@ -160,12 +160,16 @@ def _host_batch(block: sp.csr_matrix, *, transpose: bool, pin: bool, value_dtype
 
     t_crow = t_row = t_values = None
     if transpose:
-        csc = sp.csr_matrix((data, block.indices, block.indptr), shape=block.shape).tocsc()  # counting sort, O(nnz)
+        # scipy's constructor copies its arguments: hand the arrays to an empty matrix instead
+        square = sp.csr_matrix(block.shape, dtype=data.dtype)
+        square.data, square.indices, square.indptr = data, block.indices, block.indptr
+        csc = square.tocsc()  # counting sort, O(nnz)
         t_crow, t_row, t_values = tensor(csc.indptr, index_dtype), tensor(csc.indices, index_dtype), tensor(csc.data, value_dtype)
-    data64 = data.astype(np.float64, copy=False)
+    sum_x = float(data.sum(dtype=np.float64))
+    sum_sq = float(np.einsum("i,i->", data, data, dtype=np.float64))
     return _HostBatch(
         block.shape[0], block.shape[1], tensor(block.indptr, index_dtype), tensor(block.indices, index_dtype),
-        tensor(data, value_dtype), t_crow, t_row, t_values, float(data64.sum()), float(np.dot(data64, data64)),
+        tensor(data, value_dtype), t_crow, t_row, t_values, sum_x, sum_sq,
     )
 
 
@@ -198,41 +202,44 @@ class BatchPlan:
     random_membership
         Assign cells to batches at random (seeded by ``rng``) instead of contiguous runs; ignored for
         backed data, whose batches stay contiguous on disk.
+    expected_nnz
+        Non-zeros of the source, if known: on an accelerator the prepared batches are then kept in
+        device memory when they take less than half of what is free (no copy per epoch), else in pinned
+        host memory.
     """
 
     def __init__(self, source: RowSource, n_batches: int, *, device: torch.device, dtype: torch.dtype, sparse: bool,
                  transpose: bool = True, cache: bool = True, rng: np.random.Generator | None = None,
-                 random_membership: bool = False):
+                 random_membership: bool = False, expected_nnz: int | None = None):
         self.source = source
         self.device, self.dtype = device, dtype
         self.sparse, self.transpose = sparse, transpose
         self.cache = bool(cache) and not source.backed and sparse
         contiguous = source.backed or not random_membership
         self.positions = partition(source.n_rows, max(1, int(n_batches)), rng=rng, contiguous=contiguous)
-        self._cached: list[_HostBatch | None] = [None] * len(self.positions)
-        self._pin = device.type == "cuda"
+        self._cached: list[_HostBatch | SparseBatch | None] = [None] * len(self.positions)
         self._value_dtype = np.float64 if dtype == torch.float64 else np.float32
+        self.on_device = self.cache and device.type != "cpu" and _fits_on_device(expected_nnz, dtype, device)
+        self._pin = device.type == "cuda" and not self.on_device
 
     def __len__(self) -> int:
         return len(self.positions)
 
-    @property
-    def cached_bytes(self) -> int:
-        return sum(b.nbytes for b in self._cached if b is not None)
-
     def _host(self, i: int) -> _HostBatch:
-        batch = self._cached[i]
-        if batch is None:
-            batch = _host_batch(self.source.read_csr(self.positions[i]), transpose=self.transpose, pin=self._pin,
-                                value_dtype=self._value_dtype)
-            if self.cache:
-                self._cached[i] = batch
-        return batch
+        return _host_batch(self.source.read_csr(self.positions[i]), transpose=self.transpose, pin=self._pin,
+                           value_dtype=self._value_dtype)
 
     def get(self, i: int) -> SparseBatch | torch.Tensor:
         """Batch ``i`` on the device."""
         if self.sparse:
-            return self._host(i).to(self.device, self.dtype)
+            batch = self._cached[i]
+            if batch is None:
+                batch = self._host(i)
+                if self.on_device:
+                    batch = batch.to(self.device, self.dtype)
+                if self.cache:
+                    self._cached[i] = batch
+            return batch if isinstance(batch, SparseBatch) else batch.to(self.device, self.dtype)
         block = torch.from_numpy(self.source.read(self.positions[i]))
         if self._pin:
             block = block.pin_memory()
@@ -246,6 +253,16 @@ class BatchPlan:
         for i in range(len(self.positions)) if order is None else order:
             if len(self.positions[i]):
                 yield self.positions[i], self.get(i)
+
+
+def _fits_on_device(expected_nnz: int | None, dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether all prepared batches (two orders of the non-zeros and two scratch buffers) fit comfortably."""
+    if expected_nnz is None or device.type != "cuda":
+        return False
+    value_bytes = torch.finfo(dtype).bits // 8
+    needed = expected_nnz * (4 * value_bytes + 2 * 4)
+    free, _ = torch.cuda.mem_get_info(device)
+    return needed < 0.5 * free
 
 
 def use_sparse(nnz: int, n_rows: int, n_cols: int) -> bool:

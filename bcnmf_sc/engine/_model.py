@@ -106,9 +106,9 @@ class BCNMF:
         Stop when the relative change of the objective stays below ``tol`` for ``patience`` epochs,
         or after ``max_epochs`` passes.
     n_starts
-        Independent starts (default 3); the best non-collapsed run by target fit is kept. One start can
-        land in a poor local optimum where target topics mix two target programs (seen on the β series);
-        the target fit tells it apart, so three starts make the default robust at three times the cost.
+        Independent starts; the best non-collapsed run by target fit is kept. One start can land in a
+        poor local optimum where target topics mix two target programs (seen on the β series); the
+        target fit tells it apart, which is why :func:`bcnmf_sc.tl.bcnmf` defaults to three starts.
     unsafe_alpha
         Poisson contrastive only: ``"raise"`` (default) refuses α ≥ 0.5·α*, ``"clip"`` lowers it to
         just below that limit with a warning.
@@ -161,7 +161,7 @@ class BCNMF:
         max_epochs: int = 200,
         tol: float = 1e-4,
         patience: int = 3,
-        n_starts: int = 3,
+        n_starts: int = 1,
         unsafe_alpha: str = "raise",
         device: str | torch.device = "auto",
         dtype: torch.dtype = torch.float32,
@@ -410,8 +410,10 @@ class BCNMF:
         plans = {}
         for source, summary in ((target, t_sum), (background, b_sum)):
             sparse = use_sparse(summary.nnz, n_global_rows(source), source.n_cols)
+            local_nnz = summary.nnz * source.n_rows // max(n_global_rows(source), 1)
             plans[id(source)] = BatchPlan(source, n_steps, device=self.device_, dtype=self.dtype, sparse=sparse,
-                                          rng=membership, random_membership=self.w_update == "online")
+                                          rng=membership, random_membership=self.w_update == "online",
+                                          expected_nnz=local_nnz)
         return plans
 
     def _background_weight(self) -> float:
@@ -572,7 +574,10 @@ class BCNMF:
                    "lower alpha or use model='shared_target'." if self.model == "contrastive" else
                    "Check the data (scale, outliers) or change n_topics, likelihood or the seed.")
             )
-        best = min(good, key=lambda i: final_losses[i] if self.model == "contrastive" or True else 0)
+        # contrastive: the target fit (the background term is what the contrast trades away);
+        # shared + target: the objective itself, so target topics that soak up shared structure do not win
+        criterion = "target_loss" if self.model == "contrastive" else "objective"
+        best = min(good, key=lambda i: runs[i].history[-1][criterion])
         run = runs[best]
         loadings = np.zeros((self.n_genes_in_, self.n_topics))
         loadings[self._kept_genes] = run.w.numpy()

@@ -234,22 +234,29 @@ class RowSource:
         is_integer = True
         for positions in self.batches(-(-self.n_rows // batch_size)):
             block = self.read_csr(positions)
-            data = np.asarray(block.data, dtype=np.float64)
-            if not np.all(np.isfinite(data)):
+            data = block.data
+            if data.size == 0:
+                continue
+            if data.dtype.kind == "f" and not np.isfinite(data.sum(dtype=np.float64)):
                 raise ValueError(f"{self.name} contains NaN or infinite values; remove or impute them first.")
-            if np.any(data < 0):
+            smallest = data.min()
+            if smallest < 0:
                 raise ValueError(
                     f"{self.name} contains negative values; NMF needs non-negative data "
                     "(raw counts, or log-normalised values, not scaled/centred data)."
                 )
             col_sums += np.bincount(block.indices, weights=data, minlength=self.n_cols)
-            cumulative = np.concatenate([[0.0], np.cumsum(data)])
+            cumulative = np.empty(data.size + 1)
+            cumulative[0] = 0.0
+            np.cumsum(data, dtype=np.float64, out=cumulative[1:])
             row_sums[positions] = np.diff(cumulative[block.indptr])
-            positive = data[data > 0]
+            positive = data if smallest > 0 else data[data > 0]
             nnz += positive.size
-            sum_xlogx += float(np.dot(positive, np.log(positive)))
-            sum_sq += float(np.dot(positive, positive))
-            is_integer = is_integer and bool(np.all(positive == np.round(positive)))
+            logs = np.log(positive, dtype=np.float64) if positive.dtype != np.float64 else np.log(positive)
+            sum_xlogx += float(np.dot(logs, positive))
+            sum_sq += float(np.einsum("i,i->", positive, positive, dtype=np.float64))
+            if is_integer and positive.dtype.kind == "f":
+                is_integer = bool(np.array_equal(positive, np.rint(positive)))
         positive_rows = row_sums[row_sums > 0]
         sum_rlogr = float(np.dot(positive_rows, np.log(positive_rows)))
         return Summary(col_sums, row_sums, sum_xlogx, sum_sq, nnz, is_integer, sum_rlogr)

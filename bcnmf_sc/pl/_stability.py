@@ -117,6 +117,6 @@ def stability(
     panel.set_title(f"{key}: topic stability ({origin})", fontsize=10)
     legend = [Patch(color=_KIND_COLORS[k], label=k) for k in dict.fromkeys(kinds) if k in _KIND_COLORS]
     legend.append(Patch(facecolor="white", edgecolor="black", hatch="///", label=f"below {threshold:g}"))
-    panel.legend(handles=legend, frameon=False, fontsize=7, loc="lower left")
+    panel.legend(handles=legend, frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     panel.spines[["top", "right"]].set_visible(False)
     return finish(fig, axes, show=show, save=save, return_fig=return_fig)

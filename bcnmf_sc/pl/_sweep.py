@@ -17,6 +17,8 @@ from matplotlib.lines import Line2D
 from ._utils import finish, panels
 
 _METRICS = {  # column: (title, threshold parameter, lower is better)
+    "target_excess": ("held-out target loss − best, per seed", None, True),
+    "background_excess": ("held-out background loss − best, per seed", None, True),
     "target_loss": ("held-out target loss / cell", None, True),
     "background_loss": ("held-out background loss / cell", None, True),
     "leakage": ("leakage of target topics (max)", "max_leakage", True),
@@ -43,7 +45,7 @@ def sweep(
     adata: AnnData,
     *,
     key: str = "bcnmf_sweep",
-    metrics: str | Sequence[str] = ("target_loss", "background_loss", "leakage", "stability_min"),
+    metrics: str | Sequence[str] = ("target_excess", "background_excess", "leakage", "stability_min"),
     ncols: int = 4,
     ax: Axes | None = None,
     show: bool | None = None,
@@ -52,7 +54,9 @@ def sweep(
 ) -> Figure | Axes | list[Axes] | None:
     """Diagnostic map of a sweep: held-out measures of every setting, flags and the recommendation.
 
-    One panel per measure. The x axis is α (contrastive model, equally spaced) or the number of topics
+    One panel per measure; by default the held-out target and background losses minus the best setting's on
+    the same seed (what the selection rule compares; symmetric-log axis, linear within 1 % of the loss),
+    the leakage of the target topics and their minimum stability across seeds. The x axis is α (contrastive model, equally spaced) or the number of topics
     (shared + target model); one line per number of topics (contrastive) or of target topics (shared +
     target). Losses carry their standard error over seeds. Acceptable settings are filled circles,
     flagged ones hollow; settings that were unsafe or collapsed have no value and are marked by a red ×
@@ -67,8 +71,9 @@ def sweep(
     key
         The ``key_added`` of the sweep.
     metrics
-        Columns of the sweep table to draw, one panel each: ``target_loss``, ``background_loss``,
-        ``leakage``, ``stability_min``, ``stability``, ``auroc``, ``n_enriched``.
+        Columns of the sweep table to draw, one panel each: ``target_excess``, ``background_excess``,
+        ``target_loss``, ``background_loss``, ``leakage``, ``stability_min``, ``stability``, ``auroc``,
+        ``n_enriched``.
     ncols
         Panels per row.
     ax
@@ -138,6 +143,10 @@ def sweep(
                           color="#d62728", clip_on=False, zorder=5)
         if metric.endswith("_loss") and np.all(values[np.isfinite(values)] > 0) and _spread(values) > 10:
             panel.set_yscale("log")
+        elif metric.endswith("_excess") and np.nanmax(np.r_[values, 0.0]) > 0:
+            # excess losses span from 0 (the best) to orders of magnitude (a wrong model): linear near 0
+            loss = table[metric.replace("_excess", "_loss")].to_numpy(dtype=float)
+            panel.set_yscale("symlog", linthresh=max(1e-2 * float(np.nanmedian(loss)), 1e-12), linscale=0.5)
         if contrastive:
             panel.set_xticks(range(len(x_values)), [f"{v:g}" for v in x_values])
         else:
@@ -156,11 +165,13 @@ def sweep(
         Line2D([], [], linestyle="", marker="*", markersize=13, markerfacecolor="none", markeredgecolor="black",
                label="recommended"),
     ]
-    axes[-1].legend(handles=handles, frameon=False, fontsize=7, loc="best")
+    axes[-1].legend(handles=handles, frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     rec = result.get("recommended")
     if rec is not None and ax is None:
         chosen = f"α = {rec['alpha']:g}" if contrastive else f"{rec['n_target_topics']} target topics"
-        fig.suptitle(f"{key}: recommended K = {rec['n_topics']}, {chosen}", fontsize=11)
+        flagged = table.loc[recommended, "flags"].astype(str).tolist()
+        note = f" (flagged: {flagged[0]}; no setting passed every check)" if flagged and flagged[0] else ""
+        fig.suptitle(f"{key}: recommended K = {rec['n_topics']}, {chosen}{note}", fontsize=11)
     return finish(fig, axes, show=show, save=save, return_fig=return_fig)
 
 

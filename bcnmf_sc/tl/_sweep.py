@@ -34,14 +34,18 @@ _N_PERMUTATIONS = 199
 #: this fraction of the best seed's loss scale stopped in a poor local optimum ("stuck")
 STUCK_TOLERANCE = 0.25
 
-FLAG_TEXT = {
-    "unsafe": "α at or above the safe limit 0.5·α* (Poisson contrastive): refused",
-    "collapsed": "at least one seed collapsed",
-    "poor_fit": "held-out target loss no better than a one-topic (mean profile) model",
-    "no_signal": "no topic is enriched in held-out target cells",
-    "leaky": f"a target topic is used by held-out background cells (leakage > {MAX_LEAKAGE})",
-    "unstable": f"a target topic does not reproduce across seeds (stability < {MIN_STABILITY})",
-}
+
+
+def _flag_text(max_leakage: float, min_stability: float) -> dict[str, str]:
+    """What each flag means, with the thresholds used."""
+    return {
+        "unsafe": "α at or above the safe limit 0.5·α* (Poisson contrastive): the fit is refused",
+        "collapsed": "at least one seed collapsed (or no seed gave a usable fit)",
+        "poor_fit": "held-out target loss no better than a one-topic (mean profile) model",
+        "no_signal": "no target topic is enriched (log2FC ≥ 1, p < 0.05) in held-out target cells",
+        "leaky": f"a target topic is used by held-out background cells (leakage > {max_leakage:g})",
+        "unstable": f"a target topic does not reproduce across seeds (stability < {min_stability:g})",
+    }
 
 
 @dataclass
@@ -77,6 +81,7 @@ def bcnmf_sweep(
     tol: float = 1e-4,
     max_leakage: float = MAX_LEAKAGE,
     min_stability: float = MIN_STABILITY,
+    keep_loadings: Literal["recommended", "all"] = "recommended",
     device: str = "auto",
     random_state: int = 0,
     progress: bool = True,
@@ -134,8 +139,9 @@ def bcnmf_sweep(
     smallest ``target_excess``; a setting is *within one standard error* of it when its loss exceeds the
     best's, seed by seed, by no more than the standard error of those differences (the one-standard-error
     rule on paired differences). The recommended setting is, among the unflagged settings within one
-    standard error of the best, the one with the fewest topics; ties go to the smallest α (contrastive)
-    or the fewest target topics (shared + target), then to the higher stability. When every setting is
+    standard error of the best, the one with the fewest topics; among those with that many topics (different
+    α, or different splits into shared and target topics, which add no parameters) the one with the lowest
+    ``target_excess``, then the more stable one. When every setting is
     flagged, the settings that are neither unsafe, collapsed nor a poor fit are ranked by their number of
     flags and the same rule is applied to those with the fewest, with a warning; when none is left
     nothing is recommended.
@@ -166,6 +172,8 @@ def bcnmf_sweep(
         As in :func:`bcnmf_sc.tl.bcnmf`; they are passed on in the recommendation.
     max_leakage, min_stability
         Thresholds of the ``leaky`` and ``unstable`` flags.
+    keep_loadings
+        Store the seeds' loadings of the recommended setting only, or of every setting (``"all"``).
     random_state
         Seed of the splits, the gene halves and every fit.
     progress
@@ -207,6 +215,9 @@ def bcnmf_sweep(
         outside ``mask_var``), for :func:`bcnmf_sc.tl.consensus`.
     ``kinds``
         Topic kinds of the recommended setting (``"shared"``/``"target"``/``"contrastive"``).
+    ``all_loadings``
+        Only with ``keep_loadings="all"``: dict from the setting's row index (as a string) to its seeds'
+        loadings, seeds × genes × topics (settings without a successful seed are left out).
     ``params``
         Every argument of the sweep, the rule's thresholds and the flag descriptions.
     """
@@ -214,6 +225,8 @@ def bcnmf_sweep(
         raise ValueError(f"model must be 'shared_target' or 'contrastive', got {model!r}.")
     if not 0 < test_size < 1:
         raise ValueError(f"test_size must be between 0 and 1, got {test_size!r}.")
+    if keep_loadings not in ("recommended", "all"):
+        raise ValueError(f"keep_loadings must be 'recommended' or 'all', got {keep_loadings!r}.")
     if not isinstance(n_seeds, (int, np.integer)) or n_seeds < 1:
         raise ValueError(f"n_seeds must be a positive integer, got {n_seeds!r}.")
     n_topics = _as_int_list(n_topics, "n_topics")
@@ -308,9 +321,7 @@ def bcnmf_sweep(
             usage_steps=usage_steps, w_update=w_update, max_epochs=max_epochs, tol=tol, n_starts=n_starts,
             device=device, random_state=random_state,
         )
-        loadings_out = np.zeros((len(best.loadings), adata.n_vars, best.n_topics))
-        for i, w in enumerate(best.loadings):
-            loadings_out[i][genes] = w
+        loadings_out = _full_loadings(best.loadings, genes, adata.n_vars)
         kinds_out = np.asarray(best.kinds, dtype=str)
         logger.info("recommended: %s", _label(best, model))
     else:
@@ -324,16 +335,28 @@ def bcnmf_sweep(
         test_size=test_size, likelihood=likelihood, layer=layer,
         mask_var=mask_var if isinstance(mask_var, str) or mask_var is None else "<mask>",
         batch_size=batch_size, usage_steps=usage_steps, w_update=w_update, max_epochs=max_epochs, tol=tol,
-        n_starts=n_starts, stuck_tolerance=STUCK_TOLERANCE, max_leakage=max_leakage, min_stability=min_stability, device=device, random_state=random_state,
-        seeds=np.asarray(seeds), flags=dict(FLAG_TEXT), seconds=time.perf_counter() - started,
+        n_starts=n_starts, stuck_tolerance=STUCK_TOLERANCE, max_leakage=max_leakage,
+        min_stability=min_stability, keep_loadings=keep_loadings, device=device, random_state=random_state,
+        seeds=np.asarray(seeds), flags=_flag_text(max_leakage, min_stability), seconds=time.perf_counter() - started,
     )
     tracking = pd.DataFrame(tracking_rows, columns=_TRACKING_COLUMNS)
     results = dict(table=table, runs=runs, tracking=tracking, recommended=recommended, loadings=loadings_out,
                    kinds=kinds_out, params=params)
+    if keep_loadings == "all":
+        results["all_loadings"] = {str(i): _full_loadings(s.loadings, genes, adata.n_vars)
+                                   for i, s in enumerate(settings) if s.loadings}
 
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = results
     return adata if copy else table
+
+
+def _full_loadings(loadings: list[np.ndarray], genes: np.ndarray, n_vars: int) -> np.ndarray:
+    """Seeds × all genes × topics, zero rows for genes outside ``mask_var``."""
+    out = np.zeros((len(loadings), n_vars, loadings[0].shape[1]))
+    for i, w in enumerate(loadings):
+        out[i][genes] = w
+    return out
 
 
 # ---------------------------------------------------------------------------------------------- grid
@@ -591,9 +614,8 @@ def _recommend(table: pd.DataFrame, runs: pd.DataFrame, model: str) -> int | Non
             eligible.append(index)
     eligible = pool.loc[eligible]
     table.loc[eligible.index, "within_1se"] = True
-    secondary = "alpha" if model == "contrastive" else "n_target_topics"
     ranked = eligible.assign(_stab=-eligible["stability"].fillna(0.0)).sort_values(
-        ["n_topics", secondary, "_stab", "target_excess"], kind="stable")
+        ["n_topics", "target_excess", "_stab"], kind="stable")
     return int(ranked.index[0])
 
 

@@ -62,7 +62,7 @@ def test_backed_fit_equals_in_memory_fit(h5ad_pair, model, w_update="epoch"):
     is_target = (adata.obs["condition"] == "stim").to_numpy()
     rows_t, rows_b = np.flatnonzero(is_target), np.flatnonzero(~is_target)
     kwargs = dict(model=model, alpha=0.01, w_update=w_update, batch_size=40, max_epochs=15,
-                  tol=0, random_state=0)
+                  tol=0, random_state=0, n_starts=1)
     memory = BCNMF(3, **kwargs).fit(RowSource(adata.X, rows=rows_t), RowSource(adata.X, rows=rows_b))
     target = _CountingSource(backed.X, rows=rows_t, name="target")
     background = _CountingSource(backed.X, rows=rows_b, name="background")
@@ -83,7 +83,7 @@ def test_backed_online_fit_streams_contiguous_batches_and_fits_as_well(h5ad_pair
     adata, backed = h5ad_pair
     is_target = (adata.obs["condition"] == "stim").to_numpy()
     rows_t, rows_b = np.flatnonzero(is_target), np.flatnonzero(~is_target)
-    kwargs = dict(w_update="online", batch_size=40, max_epochs=30, tol=0, random_state=0)
+    kwargs = dict(w_update="online", batch_size=40, max_epochs=30, tol=0, random_state=0, n_starts=1)
     memory = BCNMF(3, **kwargs).fit(RowSource(adata.X, rows=rows_t), RowSource(adata.X, rows=rows_b))
     target = _CountingSource(backed.X, rows=rows_t, name="target")
     streamed = BCNMF(3, **kwargs).fit(target, RowSource(backed.X, rows=rows_b))
@@ -94,7 +94,7 @@ def test_backed_online_fit_streams_contiguous_batches_and_fits_as_well(h5ad_pair
 def test_tl_bcnmf_on_a_backed_anndata_matches_in_memory(h5ad_pair):
     adata, backed = h5ad_pair
     kwargs = dict(background_key="condition", background="ctrl", n_topics=3, n_target_topics=1, max_epochs=20,
-                  batch_size=64, random_state=0, progress=False)
+                  batch_size=64, random_state=0, progress=False, n_starts=1)
     bc.tl.bcnmf(adata, **kwargs)
     bc.tl.bcnmf(backed, **kwargs)
     assert backed.isbacked

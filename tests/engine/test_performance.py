@@ -90,7 +90,7 @@ def test_sparse_path_fits_like_the_dense_path(groups, monkeypatch, model, likeli
     if likelihood == "gaussian":  # dense batches are read as float32: use values float32 holds exactly
         x, y = (m.log1p().astype(np.float32).astype(np.float64) for m in (x, y))
     kwargs = dict(model=model, likelihood=likelihood, alpha=0.005, max_epochs=15, tol=0, dtype=torch.float64,
-                  random_state=0, batch_size=64)
+                  random_state=0, batch_size=64, n_starts=1)
     sparse_fit = BCNMF(3, **kwargs).fit(x, y)
     monkeypatch.setattr(batches_module, "SPARSE_MAX_DENSITY", 0.0)  # every batch dense
     dense_fit = BCNMF(3, **kwargs).fit(x, y)
@@ -104,7 +104,7 @@ def test_sparse_path_fits_like_the_dense_path(groups, monkeypatch, model, likeli
 def test_epoch_updates_do_not_depend_on_batch_size(groups, model):
     """W is updated once per pass from sums over cells, so the partition into batches is irrelevant."""
     x, y = groups
-    kwargs = dict(model=model, alpha=0.005, max_epochs=12, tol=0, random_state=0, w_update="epoch")
+    kwargs = dict(model=model, alpha=0.005, max_epochs=12, tol=0, random_state=0, w_update="epoch", n_starts=1)
     fits = [BCNMF(3, batch_size=b, **kwargs).fit(x, y) for b in (16, 100, 10_000)]
     for other in fits[1:]:
         np.testing.assert_allclose(other.loadings_, fits[0].loadings_, rtol=2e-4, atol=1e-7)
@@ -114,7 +114,7 @@ def test_epoch_updates_do_not_depend_on_batch_size(groups, model):
 @pytest.mark.parametrize("w_update", ["epoch", "online"])
 def test_sparse_fits_are_deterministic_for_a_seed(groups, w_update):
     x, y = groups
-    kwargs = dict(w_update=w_update, max_epochs=8, tol=0, batch_size=40)
+    kwargs = dict(w_update=w_update, max_epochs=8, tol=0, batch_size=40, n_starts=1)
     a, b = BCNMF(3, random_state=5, **kwargs).fit(x, y), BCNMF(3, random_state=5, **kwargs).fit(x, y)
     np.testing.assert_array_equal(a.loadings_, b.loadings_)
     np.testing.assert_array_equal(a.target_usages_, b.target_usages_)
@@ -131,7 +131,7 @@ def test_input_formats_give_the_same_sparse_fit(groups, fmt):
         "csr_array_float32": lambda m: sp.csr_array(m, dtype=np.float32),
         "dense": lambda m: m.toarray(),
     }[fmt]
-    kwargs = dict(max_epochs=10, tol=0, random_state=0, batch_size=64)
+    kwargs = dict(max_epochs=10, tol=0, random_state=0, batch_size=64, n_starts=1)
     reference = BCNMF(3, **kwargs).fit(x, y)
     x_in, y_in = convert(x), convert(y)
     before = x_in.copy()
@@ -199,7 +199,7 @@ def test_sparse_pass_is_much_cheaper_than_the_dense_pass(monkeypatch):
     """CPU time per pass at 10 % density: the sparse kernels beat dense batches several times over."""
     x = _sparse_counts(4000, 1000, 0.1, seed=0).astype(np.float32)
     y = _sparse_counts(4000, 1000, 0.1, seed=1).astype(np.float32)
-    kwargs = dict(model="contrastive", alpha=0.0, usage_steps=1, tol=0, random_state=0)
+    kwargs = dict(model="contrastive", alpha=0.0, usage_steps=1, tol=0, random_state=0, n_starts=1)
 
     def cpu_per_pass() -> float:
         BCNMF(5, max_epochs=2, **kwargs).fit(x, y)  # warm-up
