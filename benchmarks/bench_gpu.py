@@ -31,7 +31,6 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
-
 from _common import RESULTS, environment, markdown_table, write_report
 
 from bcnmf_sc.engine import BCNMF

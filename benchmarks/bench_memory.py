@@ -63,7 +63,6 @@ def child(mode: str, path: str, params: dict) -> dict:
     import resource
 
     import anndata as ad
-    import numpy as np
     import scipy.sparse as sp
     import torch
 

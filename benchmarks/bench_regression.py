@@ -20,12 +20,10 @@ import sys
 import time
 import warnings
 
+import bench_speed as bs
 import scipy.sparse as sp
 import torch
-
 from _common import make_data
-
-import bench_speed as bs
 
 
 def main(argv=None) -> int:

@@ -37,7 +37,6 @@ import warnings
 import numpy as np
 import scipy.sparse as sp
 import torch
-
 from _common import RESULTS, Clock, environment, make_data, markdown_table, write_report
 
 from bcnmf_sc.engine import BCNMF
@@ -148,7 +147,7 @@ def main(argv=None) -> None:
         run_reference = n_cells <= 200_000  # dense n × g copies: ~3 GB at 100k cells, out of memory near 700k
         best: dict[str, tuple[float, float]] = {}
 
-        def keep(name, value):
+        def keep(name, value, best=best):
             old = best.get(name, (np.inf, np.inf))
             best[name] = (min(old[0], value[0]), min(old[1], value[1]))
             print(f"  {name:24s} {value[0]:8.4f} s/pass wall  {value[1]:8.4f} s/pass CPU", flush=True)

@@ -59,7 +59,9 @@ def _blocks(kinds: np.ndarray | None, k: int) -> list[np.ndarray]:
     return [np.flatnonzero(kinds == kind) for kind in dict.fromkeys(kinds.tolist())]
 
 
-def match_within(reference: np.ndarray, other: np.ndarray, kinds: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def match_within(
+    reference: np.ndarray, other: np.ndarray, kinds: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Hungarian matching of the columns of ``other`` to those of ``reference``, within each kind.
 
     Returns, per column of ``reference``, the matched column of ``other`` and their cosine similarity.

@@ -123,7 +123,7 @@ def gather_rows(local: np.ndarray, source: RowSource) -> np.ndarray:
     """Rows (cells × …) held by each rank for its shard, assembled in the order of the unsharded source."""
     if source.shard_of is None or not is_distributed():
         return local
-    rank, world_size, n_total = source.shard_of
+    _, world_size, n_total = source.shard_of
     local_t = torch.from_numpy(np.ascontiguousarray(local, dtype=np.float64))
     longest = -(-n_total // world_size)
     padded = torch.zeros((longest,) + tuple(local_t.shape[1:]), dtype=torch.float64)

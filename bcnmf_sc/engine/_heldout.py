@@ -25,7 +25,9 @@ from ._source import as_source
 from ._updates import EPS, batch_loss, update_usages
 
 
-def _solve(x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor | None, *, likelihood: str, max_steps: int, tol: float) -> torch.Tensor:
+def _solve(
+    x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor | None, *, likelihood: str, max_steps: int, tol: float
+) -> torch.Tensor:
     """Usages of a dense batch ``x`` (cells × genes) with loadings ``w`` (genes × topics) fixed."""
     k = w.shape[1]
     col_sums = w.sum(dim=0).mean().clamp_min(EPS)

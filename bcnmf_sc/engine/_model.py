@@ -13,8 +13,8 @@ import torch
 from tqdm.auto import tqdm
 
 from ._alpha import alpha_star, check_alpha
-from ._device import resolve_device
 from ._batches import BatchPlan, use_sparse
+from ._device import resolve_device
 from ._distributed import (
     all_reduce_sum,
     any_rank,
@@ -29,7 +29,14 @@ from ._errors import CollapseError
 from ._matching import match_topics
 from ._online import IncrementalStats
 from ._source import RowSource, Summary, as_source
-from ._updates import FLOOR, SideStats, batch_loss, batch_stats, split_gradient, update_usages
+from ._updates import (
+    FLOOR,
+    SideStats,
+    batch_loss,
+    batch_stats,
+    split_gradient,
+    update_usages,
+)
 
 logger = logging.getLogger(__name__)
 

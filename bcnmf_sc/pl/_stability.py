@@ -37,15 +37,23 @@ def _per_topic(adata: AnnData, key: str) -> tuple[pd.DataFrame, np.ndarray | Non
         if len(runs) < 2:
             raise ValueError("the recommended setting has a single successful seed: stability is undefined.")
         clusters = cluster_topics(runs, kinds=kinds)
-        table = pd.DataFrame({"kind": kinds, "stability": clusters.stability,
-                              "kept": clusters.stability >= threshold}, index=pd.Index(topic_names(kinds), name="topic"))
+        table = pd.DataFrame(
+            {"kind": kinds, "stability": clusters.stability, "kept": clusters.stability >= threshold},
+            index=pd.Index(topic_names(kinds), name="topic"),
+        )
         return table, clusters.similarity, threshold, f"recommended setting, {len(runs)} seeds"
     if "enrichment" in result:  # tl.bcnmf
         enrichment = result["enrichment"]
         if "stability" not in enrichment or not np.isfinite(enrichment["stability"].to_numpy(dtype=float)).any():
             raise ValueError(f"the fit under {key!r} has no stability (fit with n_starts > 1).")
-        table = pd.DataFrame({"kind": enrichment["kind"].astype(str), "stability": enrichment["stability"],
-                              "kept": enrichment["stability"] >= MIN_STABILITY}, index=enrichment.index)
+        table = pd.DataFrame(
+            {
+                "kind": enrichment["kind"].astype(str),
+                "stability": enrichment["stability"],
+                "kept": enrichment["stability"] >= MIN_STABILITY,
+            },
+            index=enrichment.index,
+        )
         runs = int(result.get("params", {}).get("n_starts", 0))
         return table, None, MIN_STABILITY, f"best start vs {runs - 1} other starts"
     raise KeyError(f"adata.uns[{key!r}] is not a tl.bcnmf, tl.consensus or tl.bcnmf_sweep result.")
@@ -97,8 +105,9 @@ def stability(
     kept = table["kept"].to_numpy(dtype=bool)
     positions = np.arange(n)
     colors = [_KIND_COLORS.get(kind, "0.3") for kind in kinds]
-    bars = panel.bar(positions, np.nan_to_num(values), color=colors, edgecolor="black", linewidth=0.6, alpha=0.85,
-                     zorder=2)
+    bars = panel.bar(
+        positions, np.nan_to_num(values), color=colors, edgecolor="black", linewidth=0.6, alpha=0.85, zorder=2
+    )
     for bar, keep in zip(bars, kept):
         if not keep:
             bar.set_hatch("///")

@@ -56,9 +56,9 @@ def sweep(
 
     One panel per measure; by default the held-out target and background losses minus the best setting's on
     the same seed (what the selection rule compares; symmetric-log axis, linear within 1 % of the loss),
-    the leakage of the target topics and their minimum stability across seeds. The x axis is α (contrastive model, equally spaced) or the number of topics
-    (shared + target model); one line per number of topics (contrastive) or of target topics (shared +
-    target). Losses carry their standard error over seeds. Acceptable settings are filled circles,
+    the leakage of the target topics and their minimum stability across seeds. The x axis is α (contrastive
+    model, equally spaced) or the number of topics (shared + target model); one line per number of topics
+    (contrastive) or of target topics (shared + target). Losses carry their standard error over seeds. Acceptable settings are filled circles,
     flagged ones hollow; settings that were unsafe or collapsed have no value and are marked by a red ×
     at the bottom of each panel. The recommended setting is ringed with a large black star, the
     settings within one standard error of the best loss (the rule's candidates) with a thin grey ring, and
@@ -125,22 +125,39 @@ def sweep(
                 continue
             panel.plot(x[rows], values[rows], "-", color=color, linewidth=1.3, alpha=0.8, zorder=2)
             if errors is not None:
-                panel.errorbar(x[rows], values[rows], yerr=errors[rows], fmt="none", ecolor=color, elinewidth=1,
-                               capsize=2, zorder=2)
+                panel.errorbar(
+                    x[rows],
+                    values[rows],
+                    yerr=errors[rows],
+                    fmt="none",
+                    ecolor=color,
+                    elinewidth=1,
+                    capsize=2,
+                    zorder=2,
+                )
             good, bad = rows[acceptable[rows]], rows[~acceptable[rows]]
             panel.scatter(x[good], values[good], s=36, color=color, edgecolor=color, zorder=3)
             panel.scatter(x[bad], values[bad], s=36, facecolor="white", edgecolor=color, linewidth=1.4, zorder=3)
         ring = np.flatnonzero(within & ~recommended & np.isfinite(values))
         panel.scatter(x[ring], values[ring], s=110, facecolor="none", edgecolor="0.55", linewidth=1, zorder=4)
         star = np.flatnonzero(recommended & np.isfinite(values))
-        panel.scatter(x[star], values[star], s=260, marker="*", facecolor="none", edgecolor="black", linewidth=1.4,
-                      zorder=5)
+        panel.scatter(
+            x[star], values[star], s=260, marker="*", facecolor="none", edgecolor="black", linewidth=1.4, zorder=5
+        )
         if threshold is not None and threshold in params:
             panel.axhline(float(params[threshold]), color="0.4", linestyle="--", linewidth=1, zorder=1)
         dead = np.flatnonzero(fatal)
         if len(dead):
-            panel.scatter(x[dead], np.zeros(len(dead)), transform=panel.get_xaxis_transform(), marker="x", s=50,
-                          color="#d62728", clip_on=False, zorder=5)
+            panel.scatter(
+                x[dead],
+                np.zeros(len(dead)),
+                transform=panel.get_xaxis_transform(),
+                marker="x",
+                s=50,
+                color="#d62728",
+                clip_on=False,
+                zorder=5,
+            )
         if metric.endswith("_loss") and np.all(values[np.isfinite(values)] > 0) and _spread(values) > 10:
             panel.set_yscale("log")
         elif metric.endswith("_excess") and np.nanmax(np.r_[values, 0.0]) > 0:
@@ -155,15 +172,33 @@ def sweep(
         panel.set_title(title, fontsize=10)
         panel.spines[["top", "right"]].set_visible(False)
 
-    handles = [Line2D([], [], color=c, marker="o", label=f"{hue_label} = {int(h) if float(h).is_integer() else h}")
-               for c, h in zip(colors, hues)]
+    handles = [
+        Line2D([], [], color=c, marker="o", label=f"{hue_label} = {int(h) if float(h).is_integer() else h}")
+        for c, h in zip(colors, hues)
+    ]
     handles += [
         Line2D([], [], linestyle="", marker="o", markerfacecolor="white", markeredgecolor="0.3", label="flagged"),
         Line2D([], [], linestyle="", marker="x", color="#d62728", label="unsafe / collapsed"),
-        Line2D([], [], linestyle="", marker="o", markersize=10, markerfacecolor="none", markeredgecolor="0.55",
-               label="within 1 SE"),
-        Line2D([], [], linestyle="", marker="*", markersize=13, markerfacecolor="none", markeredgecolor="black",
-               label="recommended"),
+        Line2D(
+            [],
+            [],
+            linestyle="",
+            marker="o",
+            markersize=10,
+            markerfacecolor="none",
+            markeredgecolor="0.55",
+            label="within 1 SE",
+        ),
+        Line2D(
+            [],
+            [],
+            linestyle="",
+            marker="*",
+            markersize=13,
+            markerfacecolor="none",
+            markeredgecolor="black",
+            label="recommended",
+        ),
     ]
     axes[-1].legend(handles=handles, frameon=False, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     rec = result.get("recommended")

@@ -15,10 +15,17 @@ from anndata import AnnData
 
 from ..engine import BCNMF
 from ..engine._consensus import MIN_STABILITY, cluster_topics
+from ..engine._device import resolve_device
 from ..engine._heldout import solve_usages
 from ._bcnmf import topic_names
 from ._enrichment import enrichment_table
-from ._groups import data_matrix, default_mask_var, resolve_genes, resolve_groups, source
+from ._groups import (
+    data_matrix,
+    default_mask_var,
+    resolve_genes,
+    resolve_groups,
+    source,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,10 +124,14 @@ def consensus(
             raise KeyError(f"no bcnmf_sweep result under adata.uns[{sweep_key!r}]; run tl.bcnmf_sweep first.")
         setting = sweep["recommended"]
         if setting is None or sweep.get("loadings") is None:
-            raise ValueError(f"the sweep under {sweep_key!r} recommended no setting: nothing to build a consensus from.")
+            raise ValueError(
+                f"the sweep under {sweep_key!r} recommended no setting: nothing to build a consensus from."
+            )
         runs_full = [np.asarray(w, dtype=np.float64) for w in sweep["loadings"]]
         if len(runs_full) < 2:
-            raise ValueError("the recommended setting has fewer than two successful seeds; a consensus needs at least two runs.")
+            raise ValueError(
+                "the recommended setting has fewer than two successful seeds; a consensus needs at least two runs."
+            )
         kinds = np.asarray(sweep["kinds"], dtype=str)
         background_key, background, target = setting["background_key"], setting["background"], setting.get("target")
         model, likelihood, layer = setting["model"], setting["likelihood"], setting["layer"]
@@ -144,14 +155,29 @@ def consensus(
         if not isinstance(n_starts, (int, np.integer)) or n_starts < 2:
             raise ValueError(f"n_starts must be at least 2 to build a consensus, got {n_starts!r}.")
         estimator = BCNMF(
-            n_topics, model=model, n_target_topics=n_target_topics, alpha=alpha, likelihood=likelihood,
-            w_update=w_update, batch_size=batch_size, usage_steps=usage_steps, max_epochs=max_epochs, tol=tol,
-            n_starts=n_starts, unsafe_alpha=unsafe_alpha, device=device, random_state=random_state, progress=progress,
+            n_topics,
+            model=model,
+            n_target_topics=n_target_topics,
+            alpha=alpha,
+            likelihood=likelihood,
+            w_update=w_update,
+            batch_size=batch_size,
+            usage_steps=usage_steps,
+            max_epochs=max_epochs,
+            tol=tol,
+            n_starts=n_starts,
+            unsafe_alpha=unsafe_alpha,
+            device=device,
+            random_state=random_state,
+            progress=progress,
         )
         estimator.fit(target_source, background_source)
         kept_genes = np.setdiff1d(np.arange(len(genes)), estimator.excluded_genes_)
         runs = []
-        for w in estimator.start_loadings_:
+        for w in estimator.start_loadings_:  # over the genes the engine kept (all but excluded_genes_)
+            if w.shape[0] == len(genes):
+                runs.append(np.asarray(w, dtype=np.float64))
+                continue
             full = np.zeros((len(genes), n_topics))
             full[kept_genes] = w
             runs.append(full)
@@ -173,20 +199,26 @@ def consensus(
             "lower min_stability, fit more starts or choose another setting (see tl.bcnmf_sweep)."
         )
     if (kinds == "target").any() and not (keep & (kinds == "target")).any():
-        warnings.warn("every target topic was dropped as unstable; the consensus keeps only shared topics.",
-                      UserWarning, stacklevel=2)
+        warnings.warn(
+            "every target topic was dropped as unstable; the consensus keeps only shared topics.",
+            UserWarning,
+            stacklevel=2,
+        )
     loadings = clusters.loadings[:, keep]
 
     usages = np.zeros((adata.n_obs, int(keep.sum())))
-    solve_kw = dict(likelihood=likelihood, batch_size=batch_size, device="cpu" if device == "auto" else device)
+    solve_kw = dict(likelihood=likelihood, batch_size=batch_size, device=resolve_device(device))
     for rows, data in ((groups.target, target_source), (groups.background, background_source)):
         usages[rows] = solve_usages(data, loadings, **solve_kw)
     if len(groups.other):
-        usages[groups.other] = solve_usages(source(matrix, groups.other, genes, name="other cells"), loadings, **solve_kw)
+        usages[groups.other] = solve_usages(
+            source(matrix, groups.other, genes, name="other cells"), loadings, **solve_kw
+        )
 
     names = [n for n, k in zip(all_names, keep) if k]
-    enrichment = enrichment_table(usages[groups.target], usages[groups.background], names, kinds[keep],
-                                  random_state=random_state)
+    enrichment = enrichment_table(
+        usages[groups.target], usages[groups.background], names, kinds[keep], random_state=random_state
+    )
     enrichment["stability"] = clusters.stability[keep]
     table = pd.DataFrame(
         {
@@ -201,15 +233,33 @@ def consensus(
     full_loadings = np.zeros((adata.n_vars, loadings.shape[1]))
     full_loadings[genes] = loadings
     params = dict(
-        background_key=background_key, background=_plain(background), target=_plain(target), model=model,
-        n_topics=int(n_topics), n_target_topics=int(n_target_topics or 0), alpha=float(alpha), likelihood=likelihood,
-        layer=layer, mask_var=mask_var if isinstance(mask_var, str) or mask_var is None else "<mask>",
-        n_runs=len(runs), source=origin, sweep_key=sweep_key, min_stability=float(min_stability),
-        n_kept=int(keep.sum()), random_state=random_state,
-        versions={pkg: version(pkg) for pkg in ("bcnmf-sc", "anndata", "numpy", "scipy")} | {"torch": str(torch.__version__)},
+        background_key=background_key,
+        background=_plain(background),
+        target=_plain(target),
+        model=model,
+        n_topics=int(n_topics),
+        n_target_topics=int(n_target_topics or 0),
+        alpha=float(alpha),
+        likelihood=likelihood,
+        layer=layer,
+        mask_var=mask_var if isinstance(mask_var, str) or mask_var is None else "<mask>",
+        n_runs=len(runs),
+        source=origin,
+        sweep_key=sweep_key,
+        min_stability=float(min_stability),
+        n_kept=int(keep.sum()),
+        random_state=random_state,
+        versions={pkg: version(pkg) for pkg in ("bcnmf-sc", "anndata", "numpy", "scipy")}
+        | {"torch": str(torch.__version__)},
     )
-    results = dict(params=params, topics=np.array(names), consensus=table, similarity=clusters.similarity,
-                   history=history, enrichment=enrichment)
+    results = dict(
+        params=params,
+        topics=np.array(names),
+        consensus=table,
+        similarity=clusters.similarity,
+        history=history,
+        enrichment=enrichment,
+    )
 
     adata = adata.copy() if copy else adata
     adata.obsm[key_added] = usages

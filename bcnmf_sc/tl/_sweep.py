@@ -16,9 +16,16 @@ from tqdm.auto import tqdm
 
 from ..engine import BCNMF, CollapseError, UnsafeAlphaError
 from ..engine._consensus import MIN_STABILITY, cluster_topics, track_topics
+from ..engine._device import resolve_device
 from ..engine._heldout import heldout_loss, solve_usages
 from ._enrichment import MAX_PVALUE, MIN_LOG2FC, enrichment_table
-from ._groups import data_matrix, default_mask_var, resolve_genes, resolve_groups, source
+from ._groups import (
+    data_matrix,
+    default_mask_var,
+    resolve_genes,
+    resolve_groups,
+    source,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -33,7 +40,6 @@ _N_PERMUTATIONS = 199
 #: a seed whose final training objective is worse than the best seed's of the same setting by more than
 #: this fraction of the best seed's loss scale stopped in a poor local optimum ("stuck")
 STUCK_TOLERANCE = 0.25
-
 
 
 def _flag_text(max_leakage: float, min_stability: float) -> dict[str, str]:
@@ -82,6 +88,7 @@ def bcnmf_sweep(
     max_leakage: float = MAX_LEAKAGE,
     min_stability: float = MIN_STABILITY,
     keep_loadings: Literal["recommended", "all"] = "recommended",
+    warm_start: bool = True,
     device: str = "auto",
     random_state: int = 0,
     progress: bool = True,
@@ -119,8 +126,8 @@ def bcnmf_sweep(
     setting's measures (``n_stuck``). ``n_starts > 1`` makes every fit keep the best of several starts.
 
     With ``model="contrastive"`` each seed walks up the sorted ``alpha`` values, warm-starting every fit
-    from the loadings of the previous α, so a sweep costs little more than one fit per setting; topics are
-    tracked along this path (see ``tracking`` below).
+    from the loadings of the previous α (``warm_start``), so that each further α converges in fewer epochs;
+    topics are tracked along this path (see ``tracking`` below).
 
     **Selection rule** (no labels). A setting is *flagged* when
 
@@ -174,6 +181,10 @@ def bcnmf_sweep(
         Thresholds of the ``leaky`` and ``unstable`` flags.
     keep_loadings
         Store the seeds' loadings of the recommended setting only, or of every setting (``"all"``).
+    warm_start
+        Contrastive model: start each α from the previous α's loadings (``True``) or from a fresh random draw.
+        The contrastive objective is not convex, so a warm start follows the path from the smaller α and can
+        end in another optimum than a cold start at the same α.
     random_state
         Seed of the splits, the gene halves and every fit.
     progress
@@ -238,15 +249,22 @@ def bcnmf_sweep(
     genes = resolve_genes(adata, mask_var)
     matrix = data_matrix(adata, layer)
     for name, rows in (("target", groups.target), ("background", groups.background)):
-        n_test = int(round(test_size * len(rows)))
+        n_test = round(test_size * len(rows))
         if n_test < 2 or len(rows) - n_test < max(n_topics):
             raise ValueError(
                 f"the {name} group has {len(rows)} cells: too few to hold out {test_size:.0%} and still fit "
                 f"{max(n_topics)} topics; lower test_size or the largest n_topics."
             )
-    engine_kw = dict(likelihood=likelihood, w_update=w_update, batch_size=batch_size, usage_steps=usage_steps,
-                     max_epochs=max_epochs, tol=tol, device=device)
-    eval_kw = dict(likelihood=likelihood, batch_size=batch_size, device="cpu" if device == "auto" else device)
+    engine_kw = dict(
+        likelihood=likelihood,
+        w_update=w_update,
+        batch_size=batch_size,
+        usage_steps=usage_steps,
+        max_epochs=max_epochs,
+        tol=tol,
+        device=device,
+    )
+    eval_kw = dict(likelihood=likelihood, batch_size=batch_size, device=resolve_device(device))
 
     seeds = [int(s) for s in np.random.SeedSequence(random_state).generate_state(n_seeds)]
     logger.info("sweeping %d settings × %d seeds (%s model)", len(settings), n_seeds, model)
@@ -255,10 +273,15 @@ def bcnmf_sweep(
     bar = tqdm(total=len(settings) * n_seeds, desc="bcnmf_sweep", disable=not progress, leave=False)
     for seed_index, seed in enumerate(seeds):
         rng = np.random.default_rng(seed)
-        split = {name: _split(rows, test_size, rng) for name, rows in
-                 (("target", groups.target), ("background", groups.background))}
-        data = {f"{name}_{part}": source(matrix, rows, genes, name=f"{part} {name} cells")
-                for name, (train, test) in split.items() for part, rows in (("train", train), ("test", test))}
+        split = {
+            name: _split(rows, test_size, rng)
+            for name, rows in (("target", groups.target), ("background", groups.background))
+        }
+        data = {
+            f"{name}_{part}": source(matrix, rows, genes, name=f"{part} {name} cells")
+            for name, (train, test) in split.items()
+            for part, rows in (("train", train), ("test", test))
+        }
         eval_genes = _evaluation_genes(data["target_train"], likelihood)
         test_t = data["target_test"].with_cols(eval_genes)
         test_b = data["background_test"].with_cols(eval_genes)
@@ -269,11 +292,18 @@ def bcnmf_sweep(
             init = None
             path_loadings, path_records = [], []
             for setting in path:
-                record = dict(seed=seed_index, alpha=setting.alpha, null_target_loss=null_t,
-                              null_background_loss=null_b)
-                estimator = BCNMF(n_k, model=model, n_target_topics=setting.n_target_topics,
-                                  alpha=setting.alpha if setting.alpha is not None else 0.0,
-                                  n_starts=n_starts, random_state=seed, **engine_kw)
+                record = dict(
+                    seed=seed_index, alpha=setting.alpha, null_target_loss=null_t, null_background_loss=null_b
+                )
+                estimator = BCNMF(
+                    n_k,
+                    model=model,
+                    n_target_topics=setting.n_target_topics,
+                    alpha=setting.alpha if setting.alpha is not None else 0.0,
+                    n_starts=n_starts,
+                    random_state=seed,
+                    **engine_kw,
+                )
                 t0 = time.perf_counter()
                 try:
                     estimator.fit(data["target_train"], data["background_train"], init_loadings=init)
@@ -283,22 +313,27 @@ def bcnmf_sweep(
                     record.update(status="collapsed", message=str(error))
                 else:
                     last = estimator.history_[-1]
-                    scale = last["target_loss"] + abs(estimator.alpha_ if model == "contrastive" else 1.0) * last["background_loss"]
-                    record.update(status="ok", message="", n_epochs=estimator.n_epochs_, objective=last["objective"],
-                                  scale=scale)
+                    scale = (
+                        last["target_loss"]
+                        + abs(estimator.alpha_ if model == "contrastive" else 1.0) * last["background_loss"]
+                    )
+                    record.update(
+                        status="ok", message="", n_epochs=estimator.n_epochs_, objective=last["objective"], scale=scale
+                    )
                     w = estimator.loadings_
                     setting.kinds = estimator.topic_kind_
                     record["loadings"] = w
                     record.update(_evaluate(w, estimator.topic_kind_, test_t, test_b, eval_genes, seed, eval_kw))
                     if model == "contrastive":
-                        init = w
+                        init = w if warm_start else None
                         path_loadings.append(w)
                         path_records.append(record)
                 record["seconds"] = time.perf_counter() - t0
                 setting.runs.append(record)
                 bar.update(1)
-                logger.info("seed %d, %s: %s (%.1fs)", seed_index, _label(setting, model), record["status"],
-                            record["seconds"])
+                logger.info(
+                    "seed %d, %s: %s (%.1fs)", seed_index, _label(setting, model), record["status"], record["seconds"]
+                )
             if model == "contrastive" and path_loadings:
                 tracking_rows += _track(path_loadings, path_records, n_k, seed_index, max_leakage)
         logger.info("seed %d of %d done after %.0fs", seed_index + 1, n_seeds, time.perf_counter() - started)
@@ -316,35 +351,78 @@ def bcnmf_sweep(
         table.loc[recommended_index, "recommended"] = True
         best = settings[recommended_index]
         recommended = _recommendation(
-            best, model=model, background_key=background_key, background=background, target=target,
-            likelihood=likelihood, layer=layer, mask_var=mask_var, batch_size=batch_size,
-            usage_steps=usage_steps, w_update=w_update, max_epochs=max_epochs, tol=tol, n_starts=n_starts,
-            device=device, random_state=random_state,
+            best,
+            model=model,
+            background_key=background_key,
+            background=background,
+            target=target,
+            likelihood=likelihood,
+            layer=layer,
+            mask_var=mask_var,
+            batch_size=batch_size,
+            usage_steps=usage_steps,
+            w_update=w_update,
+            max_epochs=max_epochs,
+            tol=tol,
+            n_starts=n_starts,
+            device=device,
+            random_state=random_state,
         )
         loadings_out = _full_loadings(best.loadings, genes, adata.n_vars)
         kinds_out = np.asarray(best.kinds, dtype=str)
         logger.info("recommended: %s", _label(best, model))
     else:
-        warnings.warn("bcnmf_sweep: no setting could be recommended (every setting collapsed, was unsafe or fitted "
-                      "the target no better than one topic); widen the grid.", UserWarning, stacklevel=2)
+        warnings.warn(
+            "bcnmf_sweep: no setting could be recommended (every setting collapsed, was unsafe or fitted "
+            "the target no better than one topic); widen the grid.",
+            UserWarning,
+            stacklevel=2,
+        )
 
     params = dict(
-        background_key=background_key, background=_plain(background), target=_plain(target),
-        n_topics=np.asarray(n_topics), n_target_topics=None if n_target_topics is None else np.asarray(n_target_topics),
-        alpha=None if alpha is None else np.asarray(alpha, dtype=float), model=model, n_seeds=n_seeds,
-        test_size=test_size, likelihood=likelihood, layer=layer,
+        background_key=background_key,
+        background=_plain(background),
+        target=_plain(target),
+        n_topics=np.asarray(n_topics),
+        n_target_topics=None if n_target_topics is None else np.asarray(n_target_topics),
+        alpha=None if alpha is None else np.asarray(alpha, dtype=float),
+        model=model,
+        n_seeds=n_seeds,
+        test_size=test_size,
+        likelihood=likelihood,
+        layer=layer,
         mask_var=mask_var if isinstance(mask_var, str) or mask_var is None else "<mask>",
-        batch_size=batch_size, usage_steps=usage_steps, w_update=w_update, max_epochs=max_epochs, tol=tol,
-        n_starts=n_starts, stuck_tolerance=STUCK_TOLERANCE, max_leakage=max_leakage,
-        min_stability=min_stability, keep_loadings=keep_loadings, device=device, random_state=random_state,
-        seeds=np.asarray(seeds), flags=_flag_text(max_leakage, min_stability), seconds=time.perf_counter() - started,
+        batch_size=batch_size,
+        usage_steps=usage_steps,
+        w_update=w_update,
+        max_epochs=max_epochs,
+        tol=tol,
+        n_starts=n_starts,
+        stuck_tolerance=STUCK_TOLERANCE,
+        max_leakage=max_leakage,
+        min_stability=min_stability,
+        keep_loadings=keep_loadings,
+        warm_start=warm_start,
+        device=device,
+        random_state=random_state,
+        seeds=np.asarray(seeds),
+        flags=_flag_text(max_leakage, min_stability),
+        seconds=time.perf_counter() - started,
     )
     tracking = pd.DataFrame(tracking_rows, columns=_TRACKING_COLUMNS)
-    results = dict(table=table, runs=runs, tracking=tracking, recommended=recommended, loadings=loadings_out,
-                   kinds=kinds_out, params=params)
+    results = dict(
+        table=table,
+        runs=runs,
+        tracking=tracking,
+        recommended=recommended,
+        loadings=loadings_out,
+        kinds=kinds_out,
+        params=params,
+    )
     if keep_loadings == "all":
-        results["all_loadings"] = {str(i): _full_loadings(s.loadings, genes, adata.n_vars)
-                                   for i, s in enumerate(settings) if s.loadings}
+        results["all_loadings"] = {
+            str(i): _full_loadings(s.loadings, genes, adata.n_vars) for i, s in enumerate(settings) if s.loadings
+        }
 
     adata = adata.copy() if copy else adata
     adata.uns[key_added] = results
@@ -404,7 +482,7 @@ def _label(setting: _Setting, model: str) -> str:
 
 def _split(rows: np.ndarray, test_size: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     order = rng.permutation(len(rows))
-    n_test = int(round(test_size * len(rows)))
+    n_test = round(test_size * len(rows))
     return np.sort(rows[order[n_test:]]), np.sort(rows[order[:n_test]])
 
 
@@ -426,7 +504,9 @@ def _null_loss(train, test, eval_genes: np.ndarray, seed: int, eval_kw: dict) ->
     return heldout_loss(test, profile / profile.sum(), random_state=seed, **eval_kw)
 
 
-def _evaluate(w: np.ndarray, kinds: np.ndarray, test_t, test_b, eval_genes: np.ndarray, seed: int, eval_kw: dict) -> dict:
+def _evaluate(
+    w: np.ndarray, kinds: np.ndarray, test_t, test_b, eval_genes: np.ndarray, seed: int, eval_kw: dict
+) -> dict:
     w = w[eval_genes]
     candidate = kinds == "target" if (kinds == "target").any() else np.ones(len(kinds), dtype=bool)
     background_topics = kinds != "target"
@@ -461,16 +541,32 @@ def _mark_stuck(runs: list[dict]) -> None:
         excess = run["objective"] - best["objective"]
         if excess > STUCK_TOLERANCE * abs(best["scale"]):
             run["status"] = "stuck"
-            run["message"] = (f"training objective {run['objective']:.6g} is {excess / abs(best['scale']):.1%} of the "
-                              f"loss scale worse than the best seed's ({best['objective']:.6g}): poor local optimum")
+            run["message"] = (
+                f"training objective {run['objective']:.6g} is {excess / abs(best['scale']):.1%} of the "
+                f"loss scale worse than the best seed's ({best['objective']:.6g}): poor local optimum"
+            )
 
 
 # ---------------------------------------------------------------------------------------------- tracking
-_TRACKING_COLUMNS = ["n_topics", "seed", "alpha", "track", "column", "similarity", "persisted", "auroc",
-                     "leakage", "enriched", "state", "event"]
+_TRACKING_COLUMNS = [
+    "n_topics",
+    "seed",
+    "alpha",
+    "track",
+    "column",
+    "similarity",
+    "persisted",
+    "auroc",
+    "leakage",
+    "enriched",
+    "state",
+    "event",
+]
 
 
-def _track(path_loadings: list[np.ndarray], records: list[dict], n_topics: int, seed: int, max_leakage: float) -> list[dict]:
+def _track(
+    path_loadings: list[np.ndarray], records: list[dict], n_topics: int, seed: int, max_leakage: float
+) -> list[dict]:
     columns, similarity = track_topics(path_loadings)
     alphas = [r["alpha"] for r in records]
     rows = []
@@ -484,10 +580,23 @@ def _track(path_loadings: list[np.ndarray], records: list[dict], n_topics: int, 
             sim = similarity[step, track]
             states.append(state)
             persisted.append(bool(step == 0 or sim >= PERSIST_SIMILARITY))
-            rows.append(dict(n_topics=n_topics, seed=seed, alpha=alphas[step], track=track, column=int(col),
-                             similarity=float(sim), persisted=persisted[-1], auroc=float(record["topic_auroc"][col]),
-                             leakage=leak, enriched=enriched, state=state, event=""))
-        track_rows = rows[-len(records):]
+            rows.append(
+                dict(
+                    n_topics=n_topics,
+                    seed=seed,
+                    alpha=alphas[step],
+                    track=track,
+                    column=int(col),
+                    similarity=float(sim),
+                    persisted=persisted[-1],
+                    auroc=float(record["topic_auroc"][col]),
+                    leakage=leak,
+                    enriched=enriched,
+                    state=state,
+                    event="",
+                )
+            )
+        track_rows = rows[-len(records) :]
         for step in range(1, len(records)):
             if states[step - 1] != "target" and (not persisted[step] or states[step] == "target"):
                 track_rows[step]["event"] = "pushed_out"
@@ -507,7 +616,9 @@ def _track(path_loadings: list[np.ndarray], records: list[dict], n_topics: int, 
 _RUN_COLUMNS = ["target_loss", "background_loss", "auroc", "leakage", "n_enriched"]
 
 
-def _tables(settings: list[_Setting], model: str, max_leakage: float, min_stability: float) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _tables(
+    settings: list[_Setting], model: str, max_leakage: float, min_stability: float
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     rows, run_rows = [], []
     # per seed, the best held-out loss over settings: losses are compared on the same held-out cells
     baseline: dict[str, dict[int, float]] = {"target": {}, "background": {}}
@@ -519,11 +630,22 @@ def _tables(settings: list[_Setting], model: str, max_leakage: float, min_stabil
     excess: dict[str, tuple[float, float]] = {}
     for index, setting in enumerate(settings):
         for run in setting.runs:
-            run_rows.append(dict(setting=index, model=model, n_topics=setting.n_topics,
-                                 n_target_topics=_kt(setting), alpha=_alpha(setting), seed=run["seed"],
-                                 status=run["status"], message=run["message"], n_epochs=run.get("n_epochs", 0),
-                                 **{c: run.get(c, np.nan) for c in _RUN_COLUMNS},
-                                 null_target_loss=run["null_target_loss"], seconds=run["seconds"]))
+            run_rows.append(
+                dict(
+                    setting=index,
+                    model=model,
+                    n_topics=setting.n_topics,
+                    n_target_topics=_kt(setting),
+                    alpha=_alpha(setting),
+                    seed=run["seed"],
+                    status=run["status"],
+                    message=run["message"],
+                    n_epochs=run.get("n_epochs", 0),
+                    **{c: run.get(c, np.nan) for c in _RUN_COLUMNS},
+                    null_target_loss=run["null_target_loss"],
+                    seconds=run["seconds"],
+                )
+            )
         ok = [r for r in setting.runs if r["status"] == "ok"]
         for name in ("target", "background"):
             values = np.array([r[f"{name}_loss"] - baseline[name][r["seed"]] for r in ok])
@@ -547,11 +669,15 @@ def _tables(settings: list[_Setting], model: str, max_leakage: float, min_stabil
             candidate = setting.kinds == "target" if (setting.kinds == "target").any() else slice(None)
             stability = float(np.mean(clusters.stability[candidate]))
             stability_min = float(np.min(clusters.stability[candidate]))
-        row.update(stability=stability, stability_min=stability_min, n_fitted=len(ok),
-                   n_collapsed=sum(r["status"] == "collapsed" for r in setting.runs),
-                   n_stuck=sum(r["status"] == "stuck" for r in setting.runs),
-                   unsafe=any(r["status"] == "unsafe" for r in setting.runs),
-                   seconds=float(sum(r["seconds"] for r in setting.runs)))
+        row.update(
+            stability=stability,
+            stability_min=stability_min,
+            n_fitted=len(ok),
+            n_collapsed=sum(r["status"] == "collapsed" for r in setting.runs),
+            n_stuck=sum(r["status"] == "stuck" for r in setting.runs),
+            unsafe=any(r["status"] == "unsafe" for r in setting.runs),
+            seconds=float(sum(r["seconds"] for r in setting.runs)),
+        )
         flags = []
         if row["unsafe"]:
             flags.append("unsafe")
@@ -600,7 +726,8 @@ def _recommend(table: pd.DataFrame, runs: pd.DataFrame, model: str) -> int | Non
         warnings.warn(
             "bcnmf_sweep: every setting is flagged; recommending among the least-flagged ones "
             f"({sorted(set(pool['flags']))}). Inspect the sweep with pl.sweep and consider widening the grid.",
-            UserWarning, stacklevel=3,
+            UserWarning,
+            stacklevel=3,
         )
     best = pool["target_excess"].idxmin()
     losses = runs[runs["status"] == "ok"].pivot(index="seed", columns="setting", values="target_loss")
@@ -615,7 +742,8 @@ def _recommend(table: pd.DataFrame, runs: pd.DataFrame, model: str) -> int | Non
     eligible = pool.loc[eligible]
     table.loc[eligible.index, "within_1se"] = True
     ranked = eligible.assign(_stab=-eligible["stability"].fillna(0.0)).sort_values(
-        ["n_topics", "target_excess", "_stab"], kind="stable")
+        ["n_topics", "target_excess", "_stab"], kind="stable"
+    )
     return int(ranked.index[0])
 
 

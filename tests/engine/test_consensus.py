@@ -17,7 +17,7 @@ def _loadings(n_genes: int, k: int, rng: np.random.Generator) -> np.ndarray:
     w = rng.gamma(0.3, 0.01, size=(n_genes, k))
     block = n_genes // k
     for topic in range(k):
-        w[topic * block:(topic + 1) * block, topic] += rng.gamma(2.0, 1.0, size=block)
+        w[topic * block : (topic + 1) * block, topic] += rng.gamma(2.0, 1.0, size=block)
     return w / w.sum(axis=0)
 
 

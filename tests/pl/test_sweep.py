@@ -22,8 +22,16 @@ def swept():
     bc.tl.bcnmf_sweep(adata, n_topics=[3, 5, 6], n_target_topics=[1, 2], n_seeds=2, max_epochs=60, **BASE)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        bc.tl.bcnmf_sweep(adata, model="contrastive", n_topics=[2, 3], alpha=[0.0, 0.01, 100.0], n_seeds=2,
-                          max_epochs=30, key_added="contrastive_sweep", **BASE)
+        bc.tl.bcnmf_sweep(
+            adata,
+            model="contrastive",
+            n_topics=[2, 3],
+            alpha=[0.0, 0.01, 100.0],
+            n_seeds=2,
+            max_epochs=30,
+            key_added="contrastive_sweep",
+            **BASE,
+        )
     bc.tl.consensus(adata, n_topics=5, n_target_topics=2, n_starts=3, max_epochs=60, **BASE)
     return adata
 
@@ -33,7 +41,7 @@ def test_sweep_map_shared_target(swept, tmp_path):
     axes = bc.pl.sweep(swept, show=False, save=path)
     assert path.stat().st_size > 20000
     assert len(axes) == 4
-    assert [ax.get_title() for ax in axes][0].startswith("held-out target loss")
+    assert axes[0].get_title().startswith("held-out target loss − best")
     table = swept.uns["bcnmf_sweep"]["table"]
     assert list(axes[0].get_xticks()) == sorted(table["n_topics"].unique())
     legend = [t.get_text() for t in axes[-1].get_legend().get_texts()]
@@ -57,7 +65,7 @@ def test_sweep_map_contrastive_marks_unsafe_settings(swept):
 
 
 def test_sweep_single_metric_into_given_axes(swept):
-    fig, ax = plt.subplots()
+    _, ax = plt.subplots()
     out = bc.pl.sweep(swept, metrics="stability_min", ax=ax, show=False)
     assert out is ax
     with pytest.raises(ValueError, match="single panel"):

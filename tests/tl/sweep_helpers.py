@@ -29,10 +29,10 @@ def programs_adata(
     n_genes = n_shared * shared_genes + n_target * target_genes + 30
     w = rng.gamma(0.5, 0.02, size=(n_genes, n_shared + n_target))
     for k in range(n_shared):
-        w[k * shared_genes:(k + 1) * shared_genes, k] += rng.gamma(2.0, 1.0, shared_genes)
+        w[k * shared_genes : (k + 1) * shared_genes, k] += rng.gamma(2.0, 1.0, shared_genes)
     start = n_shared * shared_genes
     for j in range(n_target):
-        w[start + j * target_genes:start + (j + 1) * target_genes, n_shared + j] += rng.gamma(2.0, 1.0, target_genes)
+        w[start + j * target_genes : start + (j + 1) * target_genes, n_shared + j] += rng.gamma(2.0, 1.0, target_genes)
     w /= w.sum(axis=0)
 
     def cells(n: int, target: bool) -> tuple[np.ndarray, np.ndarray]:

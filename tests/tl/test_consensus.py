@@ -13,8 +13,9 @@ from bcnmf_sc.engine._matching import match_topics
 from .sweep_helpers import programs_adata
 from .tl_helpers import assert_untouched
 
-SETTING = dict(background_key="condition", background="background", n_topics=5, n_target_topics=2, max_epochs=100,
-               progress=False)
+SETTING = dict(
+    background_key="condition", background="background", n_topics=5, n_target_topics=2, max_epochs=100, progress=False
+)
 
 
 @pytest.fixture(scope="module")
@@ -58,8 +59,9 @@ def test_topics_below_min_stability_are_dropped():
     stability = adata.uns["bcnmf_consensus"]["consensus"]["stability"].to_numpy()
     weakest = int(np.argmin(stability))
     threshold = (np.sort(stability)[0] + np.sort(stability)[1]) / 2
-    bc.tl.consensus(adata, n_starts=3, min_stability=threshold, key_added="strict",
-                    **SETTING | dict(n_topics=7, n_target_topics=3))
+    bc.tl.consensus(
+        adata, n_starts=3, min_stability=threshold, key_added="strict", **SETTING | dict(n_topics=7, n_target_topics=3)
+    )
     table = adata.uns["strict"]["consensus"]
     assert not table["kept"].iloc[weakest] and table["kept"].sum() == 6
     assert adata.varm["strict"].shape == (adata.n_vars, 6) and adata.obsm["strict"].shape == (adata.n_obs, 6)
@@ -68,8 +70,16 @@ def test_topics_below_min_stability_are_dropped():
 
 def test_consensus_from_a_sweep_uses_the_seeds_of_the_recommended_setting():
     adata = programs_adata(n_cells=100)
-    bc.tl.bcnmf_sweep(adata, background_key="condition", background="background", n_topics=[5],
-                      n_target_topics=[2], n_seeds=3, max_epochs=100, progress=False)
+    bc.tl.bcnmf_sweep(
+        adata,
+        background_key="condition",
+        background="background",
+        n_topics=[5],
+        n_target_topics=[2],
+        n_seeds=3,
+        max_epochs=100,
+        progress=False,
+    )
     seeds = adata.uns["bcnmf_sweep"]["loadings"]
     bc.tl.consensus(adata, sweep_key="bcnmf_sweep")
     result = adata.uns["bcnmf_consensus"]

@@ -8,12 +8,13 @@ import anndata as ad
 import numpy as np
 import pandas as pd
 import pytest
-from .sweep_helpers import log_normalised, programs_adata
-from .tl_helpers import assert_untouched
 
 import bcnmf_sc as bc
 from bcnmf_sc.engine._matching import match_topics
 from bcnmf_sc.tl import _sweep
+
+from .sweep_helpers import log_normalised, programs_adata
+from .tl_helpers import assert_untouched
 
 SWEEP = dict(background_key="condition", background="background", n_seeds=3, max_epochs=100, progress=False)
 
@@ -57,8 +58,21 @@ def test_uns_layout_and_return_value(swept):
     table, runs = result["table"], result["runs"]
     assert len(table) == 3 and len(runs) == 9
     assert set(runs["status"]) <= {"ok", "stuck"}
-    for column in ("target_loss", "background_loss", "target_excess", "auroc", "leakage", "n_enriched", "stability",
-                   "stability_min", "flags", "acceptable", "within_1se", "recommended", "seconds"):
+    for column in (
+        "target_loss",
+        "background_loss",
+        "target_excess",
+        "auroc",
+        "leakage",
+        "n_enriched",
+        "stability",
+        "stability_min",
+        "flags",
+        "acceptable",
+        "within_1se",
+        "recommended",
+        "seconds",
+    ):
         assert column in table
     assert result["tracking"].empty  # only the contrastive model walks an α path
     n_ok = int(_row(table, n_topics=5)["n_fitted"])
@@ -91,20 +105,23 @@ def test_sweep_survives_an_h5ad_round_trip(swept, tmp_path):
     path = tmp_path / "swept.h5ad"
     swept.write_h5ad(path)
     back = ad.read_h5ad(path)
-    pd.testing.assert_frame_equal(back.uns["bcnmf_sweep"]["table"], swept.uns["bcnmf_sweep"]["table"],
-                                  check_dtype=False, check_categorical=False)
+    pd.testing.assert_frame_equal(
+        back.uns["bcnmf_sweep"]["table"], swept.uns["bcnmf_sweep"]["table"], check_dtype=False, check_categorical=False
+    )
     assert back.uns["bcnmf_sweep"]["recommended"]["n_topics"] == 5
 
 
 def test_copy_returns_a_new_object_and_leaves_the_input_alone():
     adata = programs_adata(n_cells=60)
     before = adata.copy()
-    out = bc.tl.bcnmf_sweep(adata, n_topics=[5], n_target_topics=[2], copy=True,
-                            **SWEEP | dict(n_seeds=2, max_epochs=20))
+    out = bc.tl.bcnmf_sweep(
+        adata, n_topics=[5], n_target_topics=[2], copy=True, **SWEEP | dict(n_seeds=2, max_epochs=20)
+    )
     assert isinstance(out, ad.AnnData) and "bcnmf_sweep" in out.uns
     assert_untouched(before, adata)
-    table = bc.tl.bcnmf_sweep(adata, n_topics=[5], n_target_topics=[2], key_added="mine",
-                              **SWEEP | dict(n_seeds=2, max_epochs=20))
+    table = bc.tl.bcnmf_sweep(
+        adata, n_topics=[5], n_target_topics=[2], key_added="mine", **SWEEP | dict(n_seeds=2, max_epochs=20)
+    )
     assert isinstance(table, pd.DataFrame) and table is adata.uns["mine"]["table"]
 
 
@@ -120,8 +137,9 @@ def test_contrastive_sweep_flags_unsafe_alpha_warm_starts_and_tracks_topics(monk
     monkeypatch.setattr(bc.engine.BCNMF, "fit", spy)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        table = bc.tl.bcnmf_sweep(adata, model="contrastive", n_topics=[3], alpha=[0.0, 0.01, 100.0],
-                                  **SWEEP | dict(n_seeds=2, max_epochs=30))
+        table = bc.tl.bcnmf_sweep(
+            adata, model="contrastive", n_topics=[3], alpha=[0.0, 0.01, 100.0], **SWEEP | dict(n_seeds=2, max_epochs=30)
+        )
     # α walks up per seed; every fit after the first starts from the previous α's loadings
     assert calls == [(0.0, False), (0.01, True), (100.0, True)] * 2
     far = _row(table, alpha=100.0)
@@ -141,8 +159,14 @@ def test_gaussian_contrastive_far_too_large_alpha_is_flagged():
     adata = log_normalised(programs_adata(n_cells=80))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        table = bc.tl.bcnmf_sweep(adata, model="contrastive", likelihood="gaussian", n_topics=[3],
-                                  alpha=[0.0, 0.3, 1000.0], **SWEEP | dict(n_seeds=2, max_epochs=60))
+        table = bc.tl.bcnmf_sweep(
+            adata,
+            model="contrastive",
+            likelihood="gaussian",
+            n_topics=[3],
+            alpha=[0.0, 0.3, 1000.0],
+            **SWEEP | dict(n_seeds=2, max_epochs=60),
+        )
     far = _row(table, alpha=1000.0)
     assert {"collapsed", "poor_fit"} & set(far["flags"].split(",")) and not far["recommended"]
 
@@ -174,8 +198,9 @@ def _synthetic(rows: list[dict], losses: dict[int, list[float]]) -> tuple[pd.Dat
     table = pd.DataFrame(rows)
     table["acceptable"] = table["flags"] == ""
     table["within_1se"] = False
-    run_rows = [dict(setting=i, seed=s, status="ok", target_loss=v) for i, vals in losses.items()
-                for s, v in enumerate(vals)]
+    run_rows = [
+        dict(setting=i, seed=s, status="ok", target_loss=v) for i, vals in losses.items() for s, v in enumerate(vals)
+    ]
     runs = pd.DataFrame(run_rows)
     best = runs.groupby("seed")["target_loss"].min()
     table["target_excess"] = [np.mean([v - best[s] for s, v in enumerate(losses[i])]) for i in range(len(table))]
@@ -239,8 +264,36 @@ def test_rule_falls_back_to_the_least_flagged_and_gives_up_on_fatal_flags():
 
 
 def test_a_seed_far_worse_than_the_best_is_marked_stuck():
-    runs = [dict(status="ok", objective=100.0, scale=100.0), dict(status="ok", objective=103.0, scale=103.0),
-            dict(status="ok", objective=300.0, scale=300.0), dict(status="collapsed")]
+    runs = [
+        dict(status="ok", objective=100.0, scale=100.0),
+        dict(status="ok", objective=103.0, scale=103.0),
+        dict(status="ok", objective=300.0, scale=300.0),
+        dict(status="collapsed"),
+    ]
     _sweep._mark_stuck(runs)
     assert [r["status"] for r in runs] == ["ok", "ok", "stuck", "collapsed"]
     assert "local optimum" in runs[2]["message"]
+
+
+def test_contrastive_sweep_can_start_every_alpha_cold(monkeypatch):
+    adata = programs_adata(n_cells=60)
+    starts = []
+    fit = bc.engine.BCNMF.fit
+
+    def spy(self, X, Y, *, init_loadings=None):
+        starts.append(init_loadings is not None)
+        return fit(self, X, Y, init_loadings=init_loadings)
+
+    monkeypatch.setattr(bc.engine.BCNMF, "fit", spy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        bc.tl.bcnmf_sweep(
+            adata,
+            model="contrastive",
+            n_topics=[3],
+            alpha=[0.0, 0.01],
+            warm_start=False,
+            **SWEEP | dict(n_seeds=1, max_epochs=10),
+        )
+    assert starts == [False, False]
+    assert adata.uns["bcnmf_sweep"]["params"]["warm_start"] is False
