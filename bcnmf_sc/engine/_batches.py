@@ -13,7 +13,9 @@ beyond pinning host memory for faster copies.
 
 from __future__ import annotations
 
+import ctypes
 import math
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,9 +28,35 @@ from ._source import RowSource
 
 #: above this fraction of non-zeros a dense batch is cheaper than the sparse kernels
 SPARSE_MAX_DENSITY = 0.25
+#: while batches are being cached, give freed heap memory back after this many new non-zeros
+_TRIM_EVERY_NNZ = 8_000_000
 
 
 _beta_warning_seen = False
+
+
+def _libc_malloc_trim():
+    """glibc's ``malloc_trim`` (gives free heap pages back to the system), or ``None`` elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return libc.malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _libc_malloc_trim()
+
+
+def release_free_heap() -> None:
+    """Return freed heap memory to the system (glibc only; a no-op elsewhere).
+
+    While the prepared batches are built, each batch's temporaries are freed between long-lived
+    allocations; glibc keeps those holes resident. Trimming keeps resident memory at what is in use.
+    """
+    if _malloc_trim is not None:
+        _malloc_trim(0)
 
 
 def _sparse_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -142,8 +170,39 @@ class _HostBatch:
         )
 
 
-def _host_batch(block: sp.csr_matrix, *, transpose: bool, pin: bool, value_dtype: np.dtype) -> _HostBatch:
-    """CSR (and optionally CSC) arrays of one batch, compact: int32 indices, float32 (or float64) values."""
+class _Pool:
+    """Large host blocks that hold the long-lived arrays of prepared batches back to back.
+
+    Allocating every batch's arrays separately, interleaved with each step's temporaries, fragments the
+    C heap: freed temporaries leave holes between cached arrays that the allocator cannot give back, and
+    resident memory ends up near twice the cache. A few large blocks (memory-mapped by the allocator)
+    avoid that.
+    """
+
+    def __init__(self, hint: int, pin: bool):
+        self.hint, self.pin = max(int(hint), 1024), pin
+        self.blocks: dict[torch.dtype, list] = {}  # dtype -> [block, used]
+
+    def take(self, array: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+        n = int(array.size)
+        entry = self.blocks.get(dtype)
+        if entry is None or entry[1] + n > entry[0].numel():
+            size = max(n, self.hint if entry is None else self.hint // 4)
+            entry = [torch.empty(size, dtype=dtype, pin_memory=self.pin), 0]
+            self.blocks[dtype] = entry  # a full block stays alive through the batches that use it
+        out = entry[0][entry[1]: entry[1] + n]
+        out.copy_(torch.from_numpy(array))
+        entry[1] += n
+        return out
+
+
+def _host_batch(block: sp.csr_matrix, *, transpose: bool, pin: bool, value_dtype: np.dtype,
+                pool: _Pool | None = None, shared: tuple[np.ndarray, ...] = ()) -> _HostBatch:
+    """CSR (and optionally CSC) arrays of one batch, compact: int32 indices, float32 (or float64) values.
+
+    With ``pool``, the non-zero-sized arrays are placed in it, except those that are views of ``shared``
+    arrays (the caller's matrix, which outlives the fit anyway).
+    """
     # ``block`` may share memory with the caller's matrix: copy before anything that works in place
     if block.nnz and not np.all(block.data):
         block = block.copy()
@@ -153,8 +212,12 @@ def _host_batch(block: sp.csr_matrix, *, transpose: bool, pin: bool, value_dtype
         block.sum_duplicates()
     index_dtype = np.int32 if block.nnz < np.iinfo(np.int32).max else np.int64
     data = np.asarray(block.data, dtype=value_dtype)
+    torch_dtypes = {np.dtype(np.int32): torch.int32, np.dtype(np.int64): torch.int64,
+                    np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 
-    def tensor(array: np.ndarray, dtype) -> torch.Tensor:
+    def tensor(array: np.ndarray, dtype, *, large: bool = True) -> torch.Tensor:
+        if pool is not None and large and not any(np.may_share_memory(array, other) for other in shared):
+            return pool.take(array, torch_dtypes[np.dtype(dtype)])
         t = torch.from_numpy(np.ascontiguousarray(array, dtype=dtype))
         return t.pin_memory() if pin else t
 
@@ -164,11 +227,12 @@ def _host_batch(block: sp.csr_matrix, *, transpose: bool, pin: bool, value_dtype
         square = sp.csr_matrix(block.shape, dtype=data.dtype)
         square.data, square.indices, square.indptr = data, block.indices, block.indptr
         csc = square.tocsc()  # counting sort, O(nnz)
-        t_crow, t_row, t_values = tensor(csc.indptr, index_dtype), tensor(csc.indices, index_dtype), tensor(csc.data, value_dtype)
+        t_crow = tensor(csc.indptr, index_dtype, large=False)
+        t_row, t_values = tensor(csc.indices, index_dtype), tensor(csc.data, value_dtype)
     sum_x = float(data.sum(dtype=np.float64))
     sum_sq = float(np.einsum("i,i->", data, data, dtype=np.float64))
     return _HostBatch(
-        block.shape[0], block.shape[1], tensor(block.indptr, index_dtype), tensor(block.indices, index_dtype),
+        block.shape[0], block.shape[1], tensor(block.indptr, index_dtype, large=False), tensor(block.indices, index_dtype),
         tensor(data, value_dtype), t_crow, t_row, t_values, sum_x, sum_sq,
     )
 
@@ -221,13 +285,24 @@ class BatchPlan:
         self._value_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.on_device = self.cache and device.type != "cpu" and _fits_on_device(expected_nnz, dtype, device)
         self._pin = device.type == "cuda" and not self.on_device
+        self._pool: _Pool | None = None
+        self._new_since_trim = 0
+        self._expected_nnz = expected_nnz
+        matrix = source.matrix
+        # views of the caller's in-memory CSR need no copy (unless they must be pinned for the GPU)
+        self._shared = (matrix.data, matrix.indices) if sp.issparse(matrix) and not self._pin else ()
 
     def __len__(self) -> int:
         return len(self.positions)
 
     def _host(self, i: int) -> _HostBatch:
+        pool = None
+        if self.cache and not self.on_device:
+            if self._pool is None:
+                self._pool = _Pool(self._expected_nnz or 0, self._pin)
+            pool = self._pool
         return _host_batch(self.source.read_csr(self.positions[i]), transpose=self.transpose, pin=self._pin,
-                           value_dtype=self._value_dtype)
+                           value_dtype=self._value_dtype, pool=pool, shared=self._shared)
 
     def get(self, i: int) -> SparseBatch | torch.Tensor:
         """Batch ``i`` on the device."""
@@ -239,6 +314,10 @@ class BatchPlan:
                     batch = batch.to(self.device, self.dtype)
                 if self.cache:
                     self._cached[i] = batch
+                    self._new_since_trim += batch.nnz if isinstance(batch, SparseBatch) else int(batch.values.numel())
+                    if self._new_since_trim > _TRIM_EVERY_NNZ or all(b is not None for b in self._cached):
+                        release_free_heap()
+                        self._new_since_trim = 0
             return batch if isinstance(batch, SparseBatch) else batch.to(self.device, self.dtype)
         block = torch.from_numpy(self.source.read(self.positions[i]))
         if self._pin:
