@@ -4,8 +4,10 @@ The updates need, per batch of cells, either the dense block (dense or nearly de
 non-zeros in two orders: row-major (CSR, for the usages: ``(X ⊘ X̂) W``) and column-major (the CSR of
 the transpose, for the loadings' statistics ``(X ⊘ X̂)ᵀ U``). Building the column-major copy costs about
 as much as a whole multiplicative update, so for data held in memory the prepared batches are kept
-(as compact float32/int32 arrays, two copies of the non-zeros) and reused every epoch; backed (h5ad)
-data are streamed, one batch at a time.
+(compact float32/int32 arrays in a few large blocks) and reused every epoch. Batches are contiguous runs
+of rows, so those of an in-memory CSR matrix are views of it: only the column-major copy costs memory
+(one more copy of the non-zeros; two when rows must be gathered, e.g. a subset of an AnnData's cells).
+Backed (h5ad) data are streamed, one batch at a time.
 
 Everything here is plain torch on whatever device the caller chose; nothing is specific to CUDA
 beyond pinning host memory for faster copies.
@@ -13,9 +15,7 @@ beyond pinning host memory for faster copies.
 
 from __future__ import annotations
 
-import ctypes
 import math
-import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,35 +28,8 @@ from ._source import RowSource
 
 #: above this fraction of non-zeros a dense batch is cheaper than the sparse kernels
 SPARSE_MAX_DENSITY = 0.25
-#: while batches are being cached, give freed heap memory back after this many new non-zeros
-_TRIM_EVERY_NNZ = 8_000_000
-
 
 _beta_warning_seen = False
-
-
-def _libc_malloc_trim():
-    """glibc's ``malloc_trim`` (gives free heap pages back to the system), or ``None`` elsewhere."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        return libc.malloc_trim
-    except (OSError, AttributeError):
-        return None
-
-
-_malloc_trim = _libc_malloc_trim()
-
-
-def release_free_heap() -> None:
-    """Return freed heap memory to the system (glibc only; a no-op elsewhere).
-
-    While the prepared batches are built, each batch's temporaries are freed between long-lived
-    allocations; glibc keeps those holes resident. Trimming keeps resident memory at what is in use.
-    """
-    if _malloc_trim is not None:
-        _malloc_trim(0)
 
 
 def _sparse_csr(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -280,13 +253,13 @@ class BatchPlan:
         self.sparse, self.transpose = sparse, transpose
         self.cache = bool(cache) and not source.backed and sparse
         contiguous = source.backed or not random_membership
+        self._contiguous = contiguous
         self.positions = partition(source.n_rows, max(1, int(n_batches)), rng=rng, contiguous=contiguous)
         self._cached: list[_HostBatch | SparseBatch | None] = [None] * len(self.positions)
         self._value_dtype = np.float64 if dtype == torch.float64 else np.float32
         self.on_device = self.cache and device.type != "cpu" and _fits_on_device(expected_nnz, dtype, device)
         self._pin = device.type == "cuda" and not self.on_device
         self._pool: _Pool | None = None
-        self._new_since_trim = 0
         self._expected_nnz = expected_nnz
         matrix = source.matrix
         # views of the caller's in-memory CSR need no copy (unless they must be pinned for the GPU)
@@ -299,7 +272,9 @@ class BatchPlan:
         pool = None
         if self.cache and not self.on_device:
             if self._pool is None:
-                self._pool = _Pool(self._expected_nnz or 0, self._pin)
+                # room for the transposes, plus copies of the rows unless batches are views of the source
+                copies = 1 if self._shared and self.source.rows_are_contiguous() and self._contiguous else 2
+                self._pool = _Pool(copies * (self._expected_nnz or 0), self._pin)
             pool = self._pool
         return _host_batch(self.source.read_csr(self.positions[i]), transpose=self.transpose, pin=self._pin,
                            value_dtype=self._value_dtype, pool=pool, shared=self._shared)
@@ -314,10 +289,6 @@ class BatchPlan:
                     batch = batch.to(self.device, self.dtype)
                 if self.cache:
                     self._cached[i] = batch
-                    self._new_since_trim += batch.nnz if isinstance(batch, SparseBatch) else int(batch.values.numel())
-                    if self._new_since_trim > _TRIM_EVERY_NNZ or all(b is not None for b in self._cached):
-                        release_free_heap()
-                        self._new_since_trim = 0
             return batch if isinstance(batch, SparseBatch) else batch.to(self.device, self.dtype)
         block = torch.from_numpy(self.source.read(self.positions[i]))
         if self._pin:

@@ -131,6 +131,10 @@ class RowSource:
         out.shard_of = (int(rank), int(world_size), int(self.n_rows))
         return out
 
+    def rows_are_contiguous(self) -> bool:
+        """Whether the selected rows form one run of the underlying matrix (then row ranges are views)."""
+        return self.cols is None and (self.rows is None or len(self.rows) < 2 or bool(np.all(np.diff(self.rows) == 1)))
+
     def global_positions(self) -> np.ndarray:
         """Positions of this source's rows in the unsharded source (``arange`` when not a shard)."""
         if self.shard_of is None:

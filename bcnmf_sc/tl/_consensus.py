@@ -65,7 +65,7 @@ def consensus(
     The runs are either ``n_starts`` independent starts of one setting, fitted here on all target and
     background cells, or — with ``sweep_key`` — the seeds of the setting recommended by
     :func:`bcnmf_sc.tl.bcnmf_sweep` (no fitting; groups, genes, data and likelihood are taken from the
-    sweep). The topics of all runs are clustered by :func:`~bcnmf_sc.engine._consensus.cluster_topics`:
+    sweep). The topics of all runs are clustered (``bcnmf_sc.engine._consensus.cluster_topics``):
     every run's topics are matched one-to-one (Hungarian algorithm on cosine similarity, shared topics
     with shared, target with target) to a reference — first the medoid run, then the consensus itself
     until the clusters settle — and each cluster is averaged into a consensus topic. A topic's *stability*

@@ -146,9 +146,11 @@ def bcnmf_sweep(
     smallest ``target_excess``; a setting is *within one standard error* of it when its loss exceeds the
     best's, seed by seed, by no more than the standard error of those differences (the one-standard-error
     rule on paired differences). The recommended setting is, among the unflagged settings within one
-    standard error of the best, the one with the fewest topics; among those with that many topics (different
-    α, or different splits into shared and target topics, which add no parameters) the one with the lowest
-    ``target_excess``, then the more stable one. When every setting is
+    standard error of the best, the one with the fewest topics. Among those with that many topics (which
+    differ only in α, or in how the topics split into shared and target ones, and add no parameters), the
+    shared + target model prefers the most target topics — every one of them has passed the leakage and
+    stability checks, so more of them resolve more target-specific structure — and then the lowest
+    ``target_excess`` (for the contrastive model: usually the smallest α), then the more stable one. When every setting is
     flagged, the settings that are neither unsafe, collapsed nor a poor fit are ranked by their number of
     flags and the same rule is applied to those with the fewest, with a warning; when none is left
     nothing is recommended.
@@ -741,8 +743,8 @@ def _recommend(table: pd.DataFrame, runs: pd.DataFrame, model: str) -> int | Non
             eligible.append(index)
     eligible = pool.loc[eligible]
     table.loc[eligible.index, "within_1se"] = True
-    ranked = eligible.assign(_stab=-eligible["stability"].fillna(0.0)).sort_values(
-        ["n_topics", "target_excess", "_stab"], kind="stable"
+    ranked = eligible.assign(_kt=-eligible["n_target_topics"], _stab=-eligible["stability"].fillna(0.0)).sort_values(
+        ["n_topics", "_kt", "target_excess", "_stab"], kind="stable"
     )
     return int(ranked.index[0])
 

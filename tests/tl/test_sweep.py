@@ -236,20 +236,26 @@ def test_rule_never_picks_a_flagged_setting_when_an_acceptable_one_exists():
     assert _sweep._recommend(table, runs, "shared_target") == 1
 
 
-def test_rule_among_equal_sizes_prefers_the_lower_loss_then_stability():
+def test_rule_among_equal_sizes_prefers_more_target_topics_then_the_lower_loss_then_stability():
     table, runs = _synthetic(
-        # same K: K_t = 1 and 2 both within one standard error; K_t = 2 fits better on average,
+        # same K; setting: held-out loss on seeds 0, 1, 2. K_t = 1 fits best, K_t = 2 within one standard
+        # error of it, K_t = 3 worse on every seed
         [_setting(8, 1, stability=0.99), _setting(8, 2, stability=0.9), _setting(8, 3, stability=0.95)],
-        # (setting: held-out loss on seeds 0, 1, 2); K_t = 3 is worse on every seed
-        {0: [21.4, 21.1, 21.5], 1: [21.3, 21.2, 21.3], 2: [21.5, 21.3, 21.45]},
+        {0: [21.3, 21.2, 21.3], 1: [21.4, 21.1, 21.5], 2: [21.5, 21.3, 21.45]},
     )
     assert _sweep._recommend(table, runs, "shared_target") == 1
     assert list(table["within_1se"]) == [True, True, False]
     table, runs = _synthetic(
-        [_setting(5, 2, stability=0.9), _setting(5, 2, stability=0.99)],
-        {0: [90.0, 80.0, 85.0], 1: [90.0, 80.0, 85.0]},
+        [_setting(5, 2), _setting(5, 2), _setting(5, 2, stability=0.999)],
+        {0: [90.2, 80.1, 85.0], 1: [90.0, 80.0, 85.0], 2: [90.0, 80.0, 85.0]},
     )
-    assert _sweep._recommend(table, runs, "shared_target") == 1
+    assert _sweep._recommend(table, runs, "shared_target") == 2  # equal loss: the more stable
+    table, runs = _synthetic(
+        [_setting(4, 0), _setting(4, 0), _setting(4, 0)],  # contrastive: α 0.5, 1, 2 all within 1 SE
+        {0: [30.0, 31.0, 29.0], 1: [30.2, 30.9, 29.4], 2: [30.5, 31.2, 29.9]},
+    )
+    table["alpha"] = [0.5, 1.0, 2.0]
+    assert _sweep._recommend(table, runs, "contrastive") == 0
 
 
 def test_rule_falls_back_to_the_least_flagged_and_gives_up_on_fatal_flags():
