@@ -58,6 +58,7 @@ class SparseBatch:
     t_values: torch.Tensor | None = None  # nnz, column-major order
     sum_x: float = 0.0
     sum_sq: float = 0.0
+    workspace: dict | None = None  # value buffers shared by the batches of one plan (see scratch)
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -77,7 +78,15 @@ class SparseBatch:
         key = "_scratch_t" if transposed else "_scratch"
         cached = self.__dict__.get(key)
         if cached is None:
-            buffer = torch.zeros_like(self.values)
+            nnz = self.values.numel()
+            if self.workspace is None:
+                buffer = torch.zeros_like(self.values)
+            else:  # one buffer per plan, as long as its largest batch: no allocation per visit
+                shared = self.workspace.get(key)
+                if shared is None or shared.numel() < nnz:
+                    shared = torch.zeros(nnz, dtype=self.values.dtype, device=self.values.device)
+                    self.workspace[key] = shared
+                buffer = shared[:nnz]
             tensor = self.csr_t(buffer) if transposed else self.csr(buffer)
             cached = (tensor, buffer)
             self.__dict__[key] = cached
@@ -260,6 +269,7 @@ class BatchPlan:
         self.on_device = self.cache and device.type != "cpu" and _fits_on_device(expected_nnz, dtype, device)
         self._pin = device.type == "cuda" and not self.on_device
         self._pool: _Pool | None = None
+        self._workspace: dict = {}
         self._expected_nnz = expected_nnz
         matrix = source.matrix
         # views of the caller's in-memory CSR need no copy (unless they must be pinned for the GPU)
@@ -289,7 +299,10 @@ class BatchPlan:
                     batch = batch.to(self.device, self.dtype)
                 if self.cache:
                     self._cached[i] = batch
-            return batch if isinstance(batch, SparseBatch) else batch.to(self.device, self.dtype)
+            if not isinstance(batch, SparseBatch):
+                batch = batch.to(self.device, self.dtype)
+                batch.workspace = self._workspace
+            return batch
         block = torch.from_numpy(self.source.read(self.positions[i]))
         if self._pin:
             block = block.pin_memory()

@@ -413,15 +413,14 @@ class BCNMF:
     def _make_plans(self, target: RowSource, background: RowSource, t_sum: Summary, b_sum: Summary) -> dict:
         """Fixed batches of both groups for the whole fit (prepared sparse batches are reused every epoch)."""
         n_steps = self._n_batches(0)
-        membership = np.random.default_rng(self.random_state)
         plans = {}
         for source, summary in ((target, t_sum), (background, b_sum)):
             sparse = use_sparse(summary.nnz, n_global_rows(source), source.n_cols)
             local_nnz = summary.nnz * source.n_rows // max(n_global_rows(source), 1)
-            # contiguous batches in both modes: in-memory CSR batches are then views (no copy), and a
-            # backed file is read in runs; online updates visit the batches in a new order every epoch
+            # contiguous batches in both modes: in-memory CSR batches are then views (no copy), a backed
+            # file is read in runs, and online updates visit the batches in a new order every epoch
             plans[id(source)] = BatchPlan(source, n_steps, device=self.device_, dtype=self.dtype, sparse=sparse,
-                                          rng=membership, random_membership=False, expected_nnz=local_nnz)
+                                          expected_nnz=local_nnz)
         return plans
 
     def _background_weight(self) -> float:

@@ -37,6 +37,9 @@ MAX_LEAKAGE = 0.2
 PERSIST_SIMILARITY = 0.9
 #: permutations for the held-out enrichment p-values
 _N_PERMUTATIONS = 199
+#: the refit of the recommended setting keeps the best of at least this many starts: a single fit can stop in
+#: a poor local optimum (what the sweep reports as a "stuck" seed)
+REFIT_STARTS = 3
 #: a seed whose final training objective is worse than the best seed's of the same setting by more than
 #: this fraction of the best seed's loss scale stopped in a poor local optimum ("stuck")
 STUCK_TOLERANCE = 0.25
@@ -120,6 +123,8 @@ def bcnmf_sweep(
         target with target); a topic's stability is the mean pairwise cosine similarity of its matched
         copies across seeds. Mean and minimum over the target topics.
 
+    Losses, ``auroc`` and ``leakage`` are averaged over the seeds, ``n_enriched`` is their median.
+
     A seed whose final training objective is worse than the best seed's of the same setting by more than
     25 % of the best seed's loss (``target_loss + background_loss``; ``+ α·background_loss`` for the
     contrastive model) stopped in a poor local optimum: it is marked ``stuck`` and left out of the
@@ -150,10 +155,10 @@ def bcnmf_sweep(
     differ only in α, or in how the topics split into shared and target ones, and add no parameters), the
     shared + target model prefers the most target topics — every one of them has passed the leakage and
     stability checks, so more of them resolve more target-specific structure — and then the lowest
-    ``target_excess`` (for the contrastive model: usually the smallest α), then the more stable one. When every setting is
-    flagged, the settings that are neither unsafe, collapsed nor a poor fit are ranked by their number of
-    flags and the same rule is applied to those with the fewest, with a warning; when none is left
-    nothing is recommended.
+    ``target_excess`` (for the contrastive model: usually the smallest α), then the more stable one. When
+    every setting is flagged, the settings that are neither unsafe, collapsed nor a poor fit are ranked by
+    their number of flags and the same rule is applied to those with the fewest, with a warning; when none
+    is left nothing is recommended.
 
     Parameters
     ----------
@@ -174,7 +179,7 @@ def bcnmf_sweep(
     n_seeds
         Number of seeds; each draws its own split and initialisation.
     n_starts
-        Starts per fit (the best by target fit is kept); passed on in the recommendation.
+        Starts per fit of the sweep (the best by target fit is kept); the recommendation asks for at least 3.
     test_size
         Fraction of the target and of the background cells held out per seed.
     likelihood, layer, mask_var, batch_size, usage_steps, w_update, max_epochs, tol, device
@@ -222,7 +227,9 @@ def bcnmf_sweep(
         target topic and persists at every later α. Empty for the shared + target model.
     ``recommended``
         Dict of :func:`bcnmf_sc.tl.bcnmf` keyword arguments of the recommended setting
-        (``tl.bcnmf(adata, **adata.uns[key_added]["recommended"])`` refits it on all cells), or ``None``.
+        (``tl.bcnmf(adata, **adata.uns[key_added]["recommended"])`` refits it on all cells), or ``None``. Its
+        ``n_starts`` is at least 3, so that the refit keeps the best of several starts: a single fit can stop
+        in a poor local optimum, as the sweep's ``stuck`` seeds show.
     ``loadings``
         Loadings of the recommended setting from each successful seed, seeds × genes × topics (zero rows
         outside ``mask_var``), for :func:`bcnmf_sc.tl.consensus`.
@@ -366,7 +373,7 @@ def bcnmf_sweep(
             w_update=w_update,
             max_epochs=max_epochs,
             tol=tol,
-            n_starts=n_starts,
+            n_starts=max(n_starts, REFIT_STARTS),
             device=device,
             random_state=random_state,
         )

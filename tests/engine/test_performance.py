@@ -235,14 +235,11 @@ def test_incremental_statistics_follow_a_rescaling_of_the_factors(likelihood):
     np.testing.assert_allclose(got.model, expected.model, rtol=1e-12)
 
 
-@pytest.mark.parametrize("model", ["shared_target", "contrastive"])
-def test_online_and_epoch_updates_reach_the_same_loss(groups, model):
-    """Incremental statistics give every batch equal weight: same fixed points as the exact update.
-
-    (With α > 0 the contrastive objective has several optima that the two paths may reach; α = 0 here.)
-    """
+@pytest.mark.slow  # 600 float64 epochs: minutes on a loaded 2-core machine
+def test_online_and_epoch_updates_reach_the_same_loss(groups):
+    """Incremental statistics give every batch equal weight: same fixed points as the exact update."""
     x, y = groups
-    kwargs = dict(model=model, alpha=0.0, tol=0, random_state=0, n_starts=1, batch_size=50, dtype=torch.float64)
+    kwargs = dict(model="shared_target", tol=0, random_state=0, n_starts=1, batch_size=50, dtype=torch.float64)
     online = BCNMF(3, w_update="online", max_epochs=150, **kwargs).fit(x, y)
     exact = BCNMF(3, w_update="epoch", max_epochs=600, **kwargs).fit(x, y)
     assert online.history_[-1]["objective"] == pytest.approx(exact.history_[-1]["objective"], rel=2e-3)

@@ -46,6 +46,15 @@ def test_consensus_writes_stable_topics_and_refits_usages(consensus_fit):
     assert result["params"]["source"] == "starts" and result["params"]["n_runs"] == 4
 
 
+def test_consensus_survives_an_h5ad_round_trip(consensus_fit, tmp_path):
+    consensus_fit.write_h5ad(tmp_path / "consensus.h5ad")
+    back = ad.read_h5ad(tmp_path / "consensus.h5ad")
+    np.testing.assert_allclose(back.varm["bcnmf_consensus"], consensus_fit.varm["bcnmf_consensus"])
+    assert list(back.uns["bcnmf_consensus"]["consensus"].index) == list(
+        consensus_fit.uns["bcnmf_consensus"]["consensus"].index
+    )
+
+
 def test_consensus_agrees_with_a_single_fit(consensus_fit):
     adata = consensus_fit.copy()
     bc.tl.bcnmf(adata, **SETTING)

@@ -86,6 +86,7 @@ def test_recommendation_refits_with_tl_bcnmf(swept):
     recommended = swept.uns["bcnmf_sweep"]["recommended"]
     assert recommended["n_topics"] == 5 and recommended["n_target_topics"] == 2
     assert recommended["background_key"] == "condition" and recommended["background"] == "background"
+    assert recommended["n_starts"] == _sweep.REFIT_STARTS  # the refit keeps the best of several starts
     adata = swept.copy()
     bc.tl.bcnmf(adata, **recommended | {"progress": False})
     enrichment = adata.uns["bcnmf"]["enrichment"]
@@ -125,7 +126,7 @@ def test_copy_returns_a_new_object_and_leaves_the_input_alone():
     assert isinstance(table, pd.DataFrame) and table is adata.uns["mine"]["table"]
 
 
-def test_contrastive_sweep_flags_unsafe_alpha_warm_starts_and_tracks_topics(monkeypatch):
+def test_contrastive_sweep_flags_unsafe_alpha_warm_starts_and_tracks_topics(monkeypatch, tmp_path):
     adata = programs_adata(n_cells=80)
     calls = []
     fit = bc.engine.BCNMF.fit
@@ -153,6 +154,9 @@ def test_contrastive_sweep_flags_unsafe_alpha_warm_starts_and_tracks_topics(monk
     later = tracking[tracking["alpha"] == 0.01]
     assert (later["similarity"] > 0.9).all() and later["persisted"].all()  # a tiny α step keeps the topics
     assert set(tracking["state"]) <= {"target", "shared", "mixed"}
+    adata.write_h5ad(tmp_path / "contrastive.h5ad")  # NaN-free where h5ad needs it, strings elsewhere
+    back = ad.read_h5ad(tmp_path / "contrastive.h5ad")
+    assert len(back.uns["bcnmf_sweep"]["tracking"]) == len(tracking)
 
 
 def test_gaussian_contrastive_far_too_large_alpha_is_flagged():
