@@ -473,6 +473,8 @@ class BCNMF:
                     if t_inc is not None:
                         t_inc.replace(int(t_order[step]), sides[0], w_master)
                     b_inc.replace(int(b_order[step]), sides[-1], w_master)
+                    if epoch == 0:  # the first pass only fills the statistics (then one exact update)
+                        continue
                     inc_sides = [(b_inc.at(w_master), bg_weight)]
                     if t_inc is not None:
                         inc_sides.append((t_inc.at(w_master), 1.0 / self._n_target))
@@ -483,7 +485,7 @@ class BCNMF:
             epoch_t.data, epoch_b.data = all_reduce_sum(epoch_t.data), all_reduce_sum(epoch_b.data)
             epoch_t.model, epoch_b.model = all_reduce_sum(epoch_t.model), all_reduce_sum(epoch_b.model)
             epoch_t.loss, epoch_b.loss = all_reduce_sum(epoch_t.loss), all_reduce_sum(epoch_b.loss)
-            if not online:
+            if not online or epoch == 0:
                 sides = [(epoch_b, bg_weight)]
                 if target is not None:
                     sides.append((epoch_t, 1.0 / self._n_target))

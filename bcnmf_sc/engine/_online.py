@@ -15,6 +15,12 @@ What is stored, per batch (float32, genes × topics plus a small model term):
 * Gaussian: ``Xᵀ U`` and ``Uᵀ U``, which do not depend on W, so the update is exact given the latest
   usages.
 
+The first pass of a fit (and of each stage) only fills the statistics and ends with one exact update,
+as incremental EM starts from a full E-step: updating W from the first few batches alone makes large,
+noisy moves that can leave a topic stranded for many passes (measured: with 20 batches per pass, online
+updates without this first pass stalled 5 % above the optimum for 60 passes; with it they reach 0.1 % of
+the optimum in 18–20 passes, against 33 for the exact update).
+
 When the columns of W are rescaled to sum to 1 (and the scale moved into the usages), the stored
 statistics are rescaled with them, so they stay consistent with the current usages.
 """

@@ -163,7 +163,7 @@ def sweep(
         elif metric.endswith("_excess") and np.nanmax(np.r_[values, 0.0]) > 0:
             # excess losses span from 0 (the best) to orders of magnitude (a wrong model): linear near 0
             loss = table[metric.replace("_excess", "_loss")].to_numpy(dtype=float)
-            panel.set_yscale("symlog", linthresh=max(1e-2 * float(np.nanmedian(loss)), 1e-12), linscale=0.5)
+            panel.set_yscale("symlog", linthresh=max(1e-2 * float(np.nanmedian(loss)), 1e-12), linscale=1.0)
         if contrastive:
             panel.set_xticks(range(len(x_values)), [f"{v:g}" for v in x_values])
         else:

@@ -93,7 +93,7 @@ def test_backed_online_fit_equals_in_memory_online_fit(h5ad_pair):
 
 def test_tl_bcnmf_on_a_backed_anndata_matches_in_memory(h5ad_pair):
     adata, backed = h5ad_pair
-    kwargs = dict(background_key="condition", background="ctrl", n_topics=3, n_target_topics=1, max_epochs=20,
+    kwargs = dict(background_key="condition", background="ctrl", n_topics=3, n_target_topics=1, max_epochs=10,
                   batch_size=64, random_state=0, progress=False, n_starts=1)
     bc.tl.bcnmf(adata, **kwargs)
     bc.tl.bcnmf(backed, **kwargs)
