@@ -94,6 +94,7 @@ def child(mode: str, path: str, params: dict) -> dict:
             nnz, csr = adata.X.nnz, adata.X.data.nbytes + adata.X.indices.nbytes + adata.X.indptr.nbytes
     gc.collect()
     rss_loaded = _status("VmRSS:")
+    epoch_rss = _trace_epochs()
     reset = _reset_peak()
     wall0, cpu0 = time.perf_counter(), time.process_time()
     if mode == "engine":
@@ -115,7 +116,39 @@ def child(mode: str, path: str, params: dict) -> dict:
         wall=wall, cpu=cpu, epochs=len(history), fit_epochs=len(fit_epochs),
         converged=None if converged is None else bool(converged),
         objective=float(history[-1]["objective"]) if history else float("nan"), threads=torch.get_num_threads(),
+        epoch_rss=epoch_rss,
     )
+
+
+def _trace_epochs() -> list[int]:
+    """RSS (bytes) at the end of every epoch, read when the engine logs the epoch (DEBUG)."""
+    import logging
+
+    trace: list[int] = []
+
+    class RSSAtEpoch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "epoch" in record.getMessage():
+                trace.append(_status("VmRSS:"))
+
+    engine_logger = logging.getLogger("bcnmf_sc.engine._model")
+    engine_logger.setLevel(logging.DEBUG)
+    engine_logger.addHandler(RSSAtEpoch(logging.DEBUG))
+    return trace
+
+
+def growth_per_epoch(trace: list[int]) -> tuple[float, float, float]:
+    """(first, last, least-squares slope per epoch) of the RSS trace over its second half, in MB.
+
+    The first half is skipped: allocator pools and caches fill during the first epochs.
+    """
+    import numpy as np
+
+    if len(trace) < 4:
+        return float("nan"), float("nan"), float("nan")
+    tail = np.asarray(trace[len(trace) // 2 :], dtype=float) / MB
+    slope = float(np.polyfit(np.arange(len(tail)), tail, 1)[0])
+    return trace[0] / MB, trace[-1] / MB, slope
 
 
 def ensure_data(n_cells: int, data_dir: Path) -> Path:
@@ -186,6 +219,8 @@ def main(argv=None) -> None:
                 "fit s (wall)": r["wall"], "fit s (CPU)": r["cpu"], "epochs": r["epochs"],
                 "converged": r["converged"],
             }
+            first, last, slope = growth_per_epoch(r.get("epoch_rss", []))
+            row.update({"RSS epoch 1 MB": first, "RSS last epoch MB": last, "RSS growth MB/epoch (2nd half)": slope})
             rows.append(row)
             print("  " + ", ".join(f"{k}: {v:.1f}" if isinstance(v, float) else f"{k}: {v}" for k, v in row.items()),
                   flush=True)
@@ -195,6 +230,7 @@ def main(argv=None) -> None:
     env["load average"] = f"{env_start['load average']} (start) → {env['load average']} (end)"
     columns = ["cells", "mode", "nnz", "CSR MB", "libraries MB", "loaded MB", "peak during fit MB", "process peak MB",
                "budget MB", "within budget", "fit s (wall)", "fit s (CPU)", "epochs", "converged"]
+    growth_columns = ["cells", "mode", "epochs", "RSS epoch 1 MB", "RSS last epoch MB", "RSS growth MB/epoch (2nd half)"]
     sections = [
         "## Peak resident memory", "",
         f"Fit parameters: `{shown or 'package defaults'}` (K = {K}). `libraries`: RSS after importing; `loaded`: "
@@ -202,6 +238,10 @@ def main(argv=None) -> None:
         "and data included); `process peak`: the child's lifetime peak (includes reading the file). Budget: "
         "in memory 3 × CSR + (cells + genes) × K × 8 B + 500 MB; backed 2 GB + (cells + genes) × K × 8 B.", "",
         markdown_table(rows, columns), "",
+        "## Resident memory across epochs", "",
+        "RSS read at the end of every epoch (when the engine logs it at DEBUG level), all starts and stages; the "
+        "growth is the least-squares slope over the second half of the epochs.", "",
+        markdown_table(rows, growth_columns), "",
     ]
     write_report(Path(args.out), "Memory: peak RSS of bcnmf_sc fits", sections, env)
     print(f"wrote {args.out}")

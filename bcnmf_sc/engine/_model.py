@@ -26,6 +26,7 @@ from ._distributed import (
     shard_source,
 )
 from ._errors import CollapseError
+from ._init import residual_topics
 from ._matching import match_topics
 from ._online import IncrementalStats
 from ._source import RowSource, Summary, as_source
@@ -392,10 +393,17 @@ class BCNMF:
         explained = all_reduce_sum(explained)
         residual = (torch.from_numpy(t_sum.col_sums) - explained).clamp_min(0) / max(self._n_target, 1)
         residual = residual + residual.mean() * 1e-2 + 1e-12
-        w_target = random_loadings(residual, k_t)
+        # each target topic starts from its own cluster of the target cells' residuals (see _init)
+        centres = residual_topics(self._plans[id(target)].epoch, run.u_target, w_shared,
+                                  random_loadings(residual, k_t), reduce=all_reduce_sum)
+        w_target = 0.9 * centres / centres.sum(dim=0, keepdim=True) + 0.1 * (residual / residual.sum())[:, None]
         leftover = np.maximum(t_sum.row_sums - run.u_target.sum(dim=1).double().cpu().numpy(), 0.1 * t_sum.row_sums)
         run.w = torch.cat([run.w, w_target], dim=1)
         run.u_target = torch.cat([run.u_target, random_usages(leftover, k_t, target).to(device, dtype)], dim=1)
+        w_start = run.w.to(device, dtype)
+        for positions, x in self._plans[id(target)].epoch():  # usages that agree with the new topics
+            run.u_target[positions] = update_usages(x, run.u_target[positions], w_start, likelihood=self.likelihood,
+                                                    n_steps=20, mask=None)
         run.u_background = torch.cat([run.u_background, u_background[:, k_s:].to(device, dtype)], dim=1)
         self._epochs(run, target, background, rng, stage="fit", max_epochs=self.max_epochs)
         return run
@@ -512,6 +520,7 @@ class BCNMF:
             )
             bar.update(1)
             bar.set_postfix(objective=f"{objective:.5g}")
+            logger.debug("start %d, %s epoch %d: objective %.6g", run.seed, stage, epoch + 1, objective)
             reason = self._collapse_reason(run, target_loss, background_loss, epoch)
             if reason:
                 run.collapsed = reason
