@@ -46,6 +46,10 @@ LIKELIHOODS = ("poisson", "gaussian")
 W_UPDATES = ("epoch", "online")
 
 
+#: residual clusters smaller than this fraction of an even share of the target cells are not used as starts
+MIN_CLUSTER_SHARE = 0.5
+
+
 @dataclass
 class _Run:
     """State of one start."""
@@ -154,6 +158,8 @@ class BCNMF:
     """
 
     _contrastive_step = 0.5  # exponent of the W ratio when the background term is subtracted
+    _background_epochs = 50  # most epochs of the background-only stage of the shared + target model
+    _target_start = "clusters"  # or "mean": every target topic from the mean residual (benchmarks/bench_init.py)
 
     def __init__(
         self,
@@ -380,7 +386,7 @@ class BCNMF:
         u_background[:, k_s:] = 0
         run = _Run(random_loadings(profile, k_s), u_target[:, :k_s].to(device, dtype),
                    u_background[:, :k_s].to(device, dtype), seed=seed)
-        init_epochs = max(1, min(self.max_epochs // 4, 50))
+        init_epochs = max(1, min(self.max_epochs // 4, self._background_epochs))
         self._epochs(run, None, background, rng, stage="background", max_epochs=init_epochs)
         if run.collapsed:
             return run
@@ -393,17 +399,27 @@ class BCNMF:
         explained = all_reduce_sum(explained)
         residual = (torch.from_numpy(t_sum.col_sums) - explained).clamp_min(0) / max(self._n_target, 1)
         residual = residual + residual.mean() * 1e-2 + 1e-12
-        # each target topic starts from its own cluster of the target cells' residuals (see _init)
-        centres = residual_topics(self._plans[id(target)].epoch, run.u_target, w_shared,
-                                  random_loadings(residual, k_t), reduce=all_reduce_sum)
-        w_target = 0.9 * centres / centres.sum(dim=0, keepdim=True) + 0.1 * (residual / residual.sum())[:, None]
+        # each target topic starts from its own cluster of the target cells' residuals (see _init), or, when
+        # the clusters are not usable, all of them from the mean residual times noise
+        w_target = random_loadings(residual, k_t)
+        clustered = False
+        if self._target_start == "clusters" and k_t > 1:
+            centres, sizes = residual_topics(self._plans[id(target)].epoch, run.u_target, w_shared, w_target,
+                                             pearson=self.likelihood == "poisson", reduce=all_reduce_sum)
+            # a cluster far below an even share is a handful of outlying cells, not a program
+            clustered = float(sizes.min()) >= MIN_CLUSTER_SHARE * self._n_target / k_t
+            if clustered:
+                w_target = 0.9 * centres / centres.sum(dim=0, keepdim=True) + 0.1 * (residual / residual.sum())[:, None]
+            logger.debug("start %d: residual clusters of sizes %s%s", seed, sizes.tolist(),
+                         "" if clustered else "; target topics start from the mean residual")
         leftover = np.maximum(t_sum.row_sums - run.u_target.sum(dim=1).double().cpu().numpy(), 0.1 * t_sum.row_sums)
         run.w = torch.cat([run.w, w_target], dim=1)
         run.u_target = torch.cat([run.u_target, random_usages(leftover, k_t, target).to(device, dtype)], dim=1)
-        w_start = run.w.to(device, dtype)
-        for positions, x in self._plans[id(target)].epoch():  # usages that agree with the new topics
-            run.u_target[positions] = update_usages(x, run.u_target[positions], w_start, likelihood=self.likelihood,
-                                                    n_steps=20, mask=None)
+        if clustered:  # usages that agree with the distinct target topics, before W moves
+            w_start = run.w.to(device, dtype)
+            for positions, x in self._plans[id(target)].epoch():
+                run.u_target[positions] = update_usages(x, run.u_target[positions], w_start,
+                                                        likelihood=self.likelihood, n_steps=20, mask=None)
         run.u_background = torch.cat([run.u_background, u_background[:, k_s:].to(device, dtype)], dim=1)
         self._epochs(run, target, background, rng, stage="fit", max_epochs=self.max_epochs)
         return run

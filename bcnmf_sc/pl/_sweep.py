@@ -61,7 +61,7 @@ def sweep(
     (contrastive) or of target topics (shared + target). Losses carry their standard error over seeds. Acceptable settings are filled circles,
     flagged ones hollow; settings that were unsafe or collapsed have no value and are marked by a red ×
     at the bottom of each panel. The recommended setting is ringed with a large black star, the
-    settings within one standard error of the best loss (the rule's candidates) with a thin grey ring, and
+    settings within one standard error of the best loss with a thin grey ring, and
     the thresholds of the ``leaky`` and ``unstable`` flags are drawn as dashed lines.
 
     Parameters

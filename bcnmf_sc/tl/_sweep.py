@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 _DEFAULT = "default"
 
 #: a target topic whose held-out background share of usage, ``bg / (target + bg)``, exceeds this is leaky
-MAX_LEAKAGE = 0.2
+MAX_LEAKAGE = 0.25
 #: a track whose loadings keep a cosine similarity of at least this to the previous α step persisted
 PERSIST_SIMILARITY = 0.9
 #: permutations for the held-out enrichment p-values
@@ -150,12 +150,14 @@ def bcnmf_sweep(
     setting on the same seed, averaged over seeds. Among the unflagged settings, the *best* has the
     smallest ``target_excess``; a setting is *within one standard error* of it when its loss exceeds the
     best's, seed by seed, by no more than the standard error of those differences (the one-standard-error
-    rule on paired differences). The recommended setting is, among the unflagged settings within one
-    standard error of the best, the one with the fewest topics. Among those with that many topics (which
-    differ only in α, or in how the topics split into shared and target ones, and add no parameters), the
-    shared + target model prefers the most target topics — every one of them has passed the leakage and
-    stability checks, so more of them resolve more target-specific structure — and then the lowest
-    ``target_excess`` (for the contrastive model: usually the smallest α), then the more stable one. When
+    rule on paired differences). The number of topics is the fewest of any unflagged setting within one
+    standard error of the best. Settings with that many topics differ only in α, or in how the topics split
+    into shared and target ones, and have as many parameters, so the one-standard-error rule has nothing to
+    prefer among them; every unflagged one whose held-out loss is not worse than the best of them by more
+    than two standard errors of the paired differences (a plain significance test) is a candidate. Among
+    the candidates the shared + target model prefers the most target topics — every one of them has passed
+    the leakage and stability checks, so more of them resolve more target-specific structure — and then the
+    lowest ``target_excess`` (for the contrastive model: usually the smallest α), then the more stable one. When
     every setting is flagged, the settings that are neither unsafe, collapsed nor a poor fit are ranked by
     their number of flags and the same rule is applied to those with the fewest, with a warning; when none
     is left nothing is recommended.
@@ -750,10 +752,36 @@ def _recommend(table: pd.DataFrame, runs: pd.DataFrame, model: str) -> int | Non
             eligible.append(index)
     eligible = pool.loc[eligible]
     table.loc[eligible.index, "within_1se"] = True
-    ranked = eligible.assign(_kt=-eligible["n_target_topics"], _stab=-eligible["stability"].fillna(0.0)).sort_values(
-        ["n_topics", "_kt", "target_excess", "_stab"], kind="stable"
+    if eligible.empty:
+        return None
+    # the number of topics: the fewest within one standard error of the best. Settings with that many topics
+    # have as many parameters, so among them the split (or α) is chosen by a plain significance test instead:
+    # any that is not worse than the best of them by more than two standard errors, seed by seed
+    n_topics = int(eligible["n_topics"].min())
+    same_size = pool[pool["n_topics"] == n_topics]
+    anchor = same_size["target_excess"].idxmin()
+    candidates = [index for index in same_size.index if _paired_excess(losses, index, anchor) <= 2.0]
+    ranked = same_size.loc[candidates]
+    ranked = ranked.assign(_kt=-ranked["n_target_topics"], _stab=-ranked["stability"].fillna(0.0)).sort_values(
+        ["_kt", "target_excess", "_stab"], kind="stable"
     )
     return int(ranked.index[0])
+
+
+def _paired_excess(losses: pd.DataFrame, index: int, anchor: int) -> float:
+    """Mean held-out loss difference of ``index`` over ``anchor``, seed by seed, in standard errors."""
+    if index == anchor:
+        return 0.0
+    if index not in losses or anchor not in losses:
+        return np.inf
+    diff = (losses[index] - losses[anchor]).dropna().to_numpy()
+    if len(diff) == 0:
+        return np.inf
+    se = diff.std(ddof=1) / np.sqrt(len(diff)) if len(diff) > 1 else 0.0
+    mean = float(diff.mean())
+    if se == 0:
+        return 0.0 if mean <= 0 else np.inf
+    return mean / se
 
 
 def _recommendation(setting: _Setting, *, model: str, **kwargs) -> dict:

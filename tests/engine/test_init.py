@@ -30,7 +30,8 @@ def _two_programs(seed: int = 0):
 def _centres(x, u, w, *, sparse: bool, start: np.ndarray):
     data = sp.csr_matrix(x) if sparse else x
     plan = BatchPlan(as_source(data, name="X"), 3, device=torch.device("cpu"), dtype=torch.float64, sparse=sparse)
-    return residual_topics(plan.epoch, torch.from_numpy(u), torch.from_numpy(w), torch.from_numpy(start)).numpy()
+    centres, _ = residual_topics(plan.epoch, torch.from_numpy(u), torch.from_numpy(w), torch.from_numpy(start))
+    return centres.numpy()
 
 
 @pytest.mark.parametrize("sparse", [False, True])
@@ -59,3 +60,22 @@ def test_one_topic_is_the_total_residual():
     centre = _centres(x, u, w, sparse=True, start=np.ones((x.shape[1], 1)))
     expected = np.clip(x - u @ w.T, 0, None).sum(0)
     np.testing.assert_allclose(centre[:, 0], expected, rtol=1e-9)
+
+
+def test_the_starting_centres_are_not_modified():
+    x, u, w, _ = _two_programs(seed=5)
+    start = torch.ones((x.shape[1], 2), dtype=torch.float64) + 0.01 * torch.arange(2, dtype=torch.float64)
+    before = start.clone()
+    plan = BatchPlan(as_source(sp.csr_matrix(x), name="X"), 2, device=torch.device("cpu"), dtype=torch.float64,
+                     sparse=True)
+    residual_topics(plan.epoch, torch.from_numpy(u), torch.from_numpy(w), start)
+    assert torch.equal(start, before)
+
+
+def test_cluster_sizes_count_every_target_cell_once():
+    x, u, w, kind = _two_programs(seed=6)
+    plan = BatchPlan(as_source(x, name="X"), 4, device=torch.device("cpu"), dtype=torch.float64, sparse=False)
+    start = 1.0 + 0.01 * np.random.default_rng(7).random((x.shape[1], 2))
+    _, sizes = residual_topics(plan.epoch, torch.from_numpy(u), torch.from_numpy(w), torch.from_numpy(start))
+    assert sizes.sum() == len(x)
+    assert sorted(sizes.tolist()) == sorted(np.bincount(kind).tolist())  # the clusters are the programs

@@ -307,3 +307,20 @@ def test_contrastive_sweep_can_start_every_alpha_cold(monkeypatch):
         )
     assert starts == [False, False]
     assert adata.uns["bcnmf_sweep"]["params"]["warm_start"] is False
+
+
+def test_rule_splits_equal_sizes_by_a_two_standard_error_test():
+    # same K; K_t = 1 fits best. K_t = 2 is worse by 1.5 standard errors of the paired differences: outside
+    # the one-standard-error set, yet not significantly worse, so the split with more target topics wins
+    table, runs = _synthetic(
+        [_setting(8, 1), _setting(8, 2)],
+        {0: [20.0, 21.0, 22.0], 1: [20.25, 21.0, 22.35]},
+    )
+    assert _sweep._recommend(table, runs, "shared_target") == 1
+    assert list(table["within_1se"]) == [True, False]
+    # worse on every seed by a steady margin (many standard errors): the better split is kept
+    table, runs = _synthetic(
+        [_setting(8, 1), _setting(8, 2)],
+        {0: [20.0, 21.0, 22.0], 1: [20.3, 21.31, 22.29]},
+    )
+    assert _sweep._recommend(table, runs, "shared_target") == 0
