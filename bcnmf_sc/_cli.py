@@ -186,6 +186,7 @@ def _summary(adata: ad.AnnData, key: str, n_genes: int = 15) -> str:
     genes = np.asarray(adata.uns[f"{key}_genes"]["names"][topic][:n_genes]).astype(str)
     return (
         f"most target-enriched topic {topic}: log2FC {row['log2fc']:.2f}, AUROC {row['auroc']:.3f}, "
+        f"active share {row['active_share']:.2f}, "
         f"background leakage {row['leakage']:.3f}, enriched={bool(row['enriched'])}; "
         f"top genes: {', '.join(genes)}"
     )

@@ -20,25 +20,33 @@ import math
 import numpy as np
 import torch
 
+from ._batches import BatchPlan
 from ._device import resolve_device
 from ._source import as_source
 from ._updates import EPS, batch_loss, update_usages
 
 
-def _solve(
-    x: torch.Tensor, w: torch.Tensor, mask: torch.Tensor | None, *, likelihood: str, max_steps: int, tol: float
+def solve_batch(
+    x, w: torch.Tensor, mask: torch.Tensor | None, *, likelihood: str, max_steps: int, tol: float
 ) -> torch.Tensor:
-    """Usages of a dense batch ``x`` (cells × genes) with loadings ``w`` (genes × topics) fixed."""
+    """Usages of a batch ``x`` (cells × genes, dense or sparse) with loadings ``w`` (genes × topics) fixed.
+
+    Each cell stops on its own relative change (below ``tol``, checked every 10 updates) or after
+    ``max_steps`` updates: a batch-wide criterion would make a cell's usages depend on which cells share
+    its batch, i.e. on ``batch_size`` and on how the cells were grouped.
+    """
     k = w.shape[1]
     col_sums = w.sum(dim=0).mean().clamp_min(EPS)
     u = (x.sum(dim=1, keepdim=True).clamp_min(1e-6) / (k * col_sums)).expand(-1, k).clone()
     if mask is not None:
         u = u * mask
+    done = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)
     for _ in range(0, max_steps, 10):
         new_u = update_usages(x, u, w, likelihood=likelihood, n_steps=10, mask=mask)
-        change = ((new_u - u).abs().sum() / u.abs().sum().clamp_min(1e-30)).item()
-        u = new_u
-        if change < tol:
+        change = (new_u - u).abs().sum(dim=1) / u.abs().sum(dim=1).clamp_min(1e-30)
+        u = torch.where(done[:, None], u, new_u)
+        done |= change < tol
+        if bool(done.all()):
             break
     return u
 
@@ -72,18 +80,21 @@ def solve_usages(
     tol: float = 1e-5,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
+    sparse: bool | None = None,
 ) -> np.ndarray:
     """Usages (cells × topics) of the cells of ``data`` with ``loadings`` (genes × topics) fixed.
 
     ``topics`` (boolean, one per topic) restricts the cells to some topics; the others get usage 0.
-    Multiplicative updates run until the relative change of a batch's usages falls below ``tol`` or
-    ``max_steps`` updates.
+    Multiplicative updates run until each cell's relative change falls below ``tol`` or ``max_steps``
+    updates (see :func:`solve_batch`). Sparse data are solved on their non-zeros (``sparse``: default for
+    sparse input), one batch at a time.
     """
     source, w, mask, device = _prepare(data, loadings, topics, device, dtype)
     usages = np.zeros((source.n_rows, w.shape[1]))
-    for positions in source.batches(max(1, math.ceil(source.n_rows / batch_size))):
-        x = torch.from_numpy(source.read(positions)).to(device, dtype)
-        u = _solve(x, w, mask, likelihood=likelihood, max_steps=max_steps, tol=tol)
+    plan = BatchPlan(source, math.ceil(source.n_rows / batch_size), device=device, dtype=dtype,
+                     sparse=source.is_sparse if sparse is None else sparse, transpose=False, cache=False)
+    for positions, x in plan.epoch():
+        u = solve_batch(x, w, mask, likelihood=likelihood, max_steps=max_steps, tol=tol)
         usages[positions] = u.double().cpu().numpy()
     if mask is not None:
         usages[:, ~np.asarray(topics, dtype=bool)] = 0.0
@@ -126,6 +137,6 @@ def heldout_loss(
         x = torch.from_numpy(source.read(positions)).to(device, dtype)
         for fold in range(n_folds):
             inside = folds == fold
-            u = _solve(x[:, ~inside], w[~inside], mask, likelihood=likelihood, max_steps=max_steps, tol=tol)
+            u = solve_batch(x[:, ~inside], w[~inside], mask, likelihood=likelihood, max_steps=max_steps, tol=tol)
             total += float(batch_loss(x[:, inside], u, w[inside], likelihood=likelihood))
     return total / max(source.n_rows, 1)

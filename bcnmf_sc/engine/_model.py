@@ -26,6 +26,7 @@ from ._distributed import (
     shard_source,
 )
 from ._errors import CollapseError
+from ._heldout import solve_usages
 from ._init import residual_topics
 from ._matching import match_topics
 from ._online import IncrementalStats
@@ -647,24 +648,9 @@ class BCNMF:
             raise ValueError(f"data has {source.n_cols} genes but the model was fitted on {self.n_genes_in_}.")
         summary = source.summarize()  # validates values
         source = source.with_cols(self._kept_genes) if len(self._kept_genes) < self.n_genes_in_ else source
-        w = torch.from_numpy(self.loadings_[self._kept_genes]).to(self.device_, self.dtype)
-        usages = np.zeros((source.n_rows, self.n_topics))
-        plan = BatchPlan(source, math.ceil(source.n_rows / self.batch_size), device=self.device_, dtype=self.dtype,
-                         sparse=use_sparse(summary.nnz, source.n_rows, source.n_cols), transpose=False, cache=False)
-        for positions, x in plan.epoch():
-            u = (x.sum(dim=1, keepdim=True).clamp_min(1e-6) / self.n_topics).expand(-1, self.n_topics).clone()
-            # stop each cell on its own relative change (a batch-wide criterion would make a cell's
-            # usages depend on which cells share its batch, i.e. on batch_size)
-            done = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)
-            for _ in range(0, max_steps, 10):
-                new_u = update_usages(x, u, w, likelihood=self.likelihood, n_steps=10, mask=None)
-                change = (new_u - u).abs().sum(dim=1) / u.abs().sum(dim=1).clamp_min(1e-30)
-                u = torch.where(done[:, None], u, new_u)
-                done |= change < tol
-                if bool(done.all()):
-                    break
-            usages[positions] = u.double().cpu().numpy()
-        return usages
+        return solve_usages(source, self.loadings_[self._kept_genes], likelihood=self.likelihood,
+                            batch_size=self.batch_size, max_steps=max_steps, tol=tol, device=self.device_,
+                            dtype=self.dtype, sparse=use_sparse(summary.nnz, source.n_rows, source.n_cols))
 
     def score(self, X, *, usages: np.ndarray | None = None) -> float:
         """Loss per cell of ``X`` under the fitted loadings (usages solved by :meth:`transform` if not given)."""

@@ -31,7 +31,7 @@ def usage(
     One panel per topic: violins (with the quartiles) of the usage of background and target cells, as
     fitted by :func:`bcnmf_sc.tl.bcnmf` (the groups are rebuilt from the ``background_key``,
     ``background`` and ``target`` stored in ``adata.uns[key]["params"]``), and the topic's log2 fold
-    change, AUROC, background-leakage share and permutation p-value from ``adata.uns[key]["enrichment"]``.
+    change, AUROC, active share, background-leakage share and permutation p-value from ``adata.uns[key]["enrichment"]``.
     A ★ marks topics flagged ``enriched``.
 
     Parameters
@@ -89,7 +89,8 @@ def usage(
         panel.text(
             0.03,
             0.97,
-            f"AUROC {row['auroc']:.2f}\nleakage {row['leakage']:.2f}\np {_pvalue(row['pval'])}",
+            f"AUROC {row['auroc']:.2f}\nactive {row['active_share']:.2f}\nleakage {row['leakage']:.2f}\n"
+            f"p {_pvalue(row['pval'])}",
             transform=panel.transAxes,
             va="top",
             ha="left",

@@ -18,7 +18,7 @@ from ..engine import BCNMF, CollapseError, UnsafeAlphaError
 from ..engine._consensus import MIN_STABILITY, cluster_topics, track_topics
 from ..engine._device import resolve_device
 from ..engine._heldout import heldout_loss, solve_usages
-from ._enrichment import MAX_PVALUE, MIN_LOG2FC, enrichment_table
+from ._enrichment import enrichment_table
 from ._groups import (
     data_matrix,
     default_mask_var,
@@ -51,7 +51,7 @@ def _flag_text(max_leakage: float, min_stability: float) -> dict[str, str]:
         "unsafe": "α at or above the safe limit 0.5·α* (Poisson contrastive): the fit is refused",
         "collapsed": "at least one seed collapsed (or no seed gave a usable fit)",
         "poor_fit": "held-out target loss no better than a one-topic (mean profile) model",
-        "no_signal": "no target topic is enriched (log2FC ≥ 1, p < 0.05) in held-out target cells",
+        "no_signal": "no target topic is enriched (log2FC ≥ 1, active share ≥ 0.2, p < 0.05) in held-out target cells",
         "leaky": f"a target topic is used by held-out background cells (leakage > {max_leakage:g})",
         "unstable": f"a target topic does not reproduce across seeds (stability < {min_stability:g})",
     }
@@ -114,10 +114,9 @@ def bcnmf_sweep(
         background usage and the background's share of the mean usage, ``bg / (target + bg)``.
         ``auroc`` is the mean and ``leakage`` the maximum over the *target topics* (the ``target`` topics of
         the shared + target model, every topic of the contrastive one); ``n_enriched`` counts the target
-        topics with log2 fold change ≥ 1 and one-sided permutation p < 0.05 on held-out cells. (The AUROC
-        criterion of :func:`bcnmf_sc.tl.bcnmf`'s ``enriched`` is left out here: a program active in a
-        fraction f of the target cells has an AUROC of at most about ½ + f/2, so the program of a target
-        subtype would never pass it.)
+        topics that pass the ``enriched`` criterion of :func:`bcnmf_sc.tl.bcnmf` on held-out cells (log2
+        fold change ≥ 1, at least a fifth of the target cells above the background's 95th percentile,
+        one-sided permutation p < 0.05).
     ``stability``, ``stability_min``
         The seeds' topics are clustered by Hungarian matching on cosine similarity (shared with shared,
         target with target); a topic's stability is the mean pairwise cosine similarity of its matched
@@ -527,9 +526,7 @@ def _evaluate(
     u_b = solve_usages(test_b, w, **eval_kw)
     names = [f"t{i}" for i in range(len(kinds))]
     enrichment = enrichment_table(u_t, u_b, names, kinds, n_permutations=_N_PERMUTATIONS, random_state=seed)
-    # held-out enrichment without the AUROC criterion of tl.bcnmf: a program active in a fraction f of the
-    # target cells has an AUROC of at most about 1/2 + f/2, so a subtype's program would never pass it
-    enriched = (enrichment["log2fc"].to_numpy() >= MIN_LOG2FC) & (enrichment["pval"].to_numpy() < MAX_PVALUE)
+    enriched = enrichment["enriched"].to_numpy(dtype=bool)  # the criterion of tl.bcnmf, on held-out cells
     return dict(
         target_loss=target_loss,
         background_loss=background_loss,

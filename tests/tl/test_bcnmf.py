@@ -15,13 +15,13 @@ import bcnmf_sc as bc
 from bcnmf_sc.engine import UnsafeAlphaError
 from bcnmf_sc.tl._enrichment import most_enriched_topic
 
-TOPICS = ["shared_1", "shared_2", "shared_3", "shared_4", "target_1", "target_2"]
+TOPICS = ["shared_1", "shared_2", "shared_3", "shared_4", "shared_5", "target_1", "target_2"]
 
 
 # ----------------------------------------------------------------------------- written slots
 def test_obsm_usages(fitted):
     usages = fitted.obsm["bcnmf"]
-    assert usages.shape == (fitted.n_obs, 6) and usages.dtype == np.float64
+    assert usages.shape == (fitted.n_obs, 7) and usages.dtype == np.float64
     assert np.all(np.isfinite(usages)) and np.all(usages >= 0)
     # loadings sum to 1 per topic, so a Poisson fit's usages of a cell add up to about its counts
     totals = np.asarray(fitted.X.sum(axis=1)).ravel()
@@ -30,13 +30,13 @@ def test_obsm_usages(fitted):
 
 def test_obsm_target_topics_mark_target_cells(fitted):
     is_target = (fitted.obs["condition"] == "target").to_numpy()
-    target_topics = fitted.obsm["bcnmf"][:, 4:]
+    target_topics = fitted.obsm["bcnmf"][:, 5:]
     assert target_topics[is_target].mean() > 5 * target_topics[~is_target].mean()
 
 
 def test_varm_loadings(fitted):
     loadings = fitted.varm["bcnmf"]
-    assert loadings.shape == (fitted.n_vars, 6)
+    assert loadings.shape == (fitted.n_vars, 7)
     assert np.all(loadings >= 0)
     np.testing.assert_allclose(loadings.sum(axis=0), 1.0, rtol=1e-6)
 
@@ -66,7 +66,7 @@ def test_uns_params_hold_every_argument(fitted):
     params = fitted.uns["bcnmf"]["params"]
     arguments = set(inspect.signature(bc.tl.bcnmf).parameters) - {"adata"}
     assert arguments <= set(params), arguments - set(params)
-    assert params["background"] == "background" and params["n_topics"] == 6 and params["max_epochs"] == 40
+    assert params["background"] == "background" and params["n_topics"] == 7 and params["max_epochs"] == 40
     assert params["device_used"] == "cpu"
     assert 0 < params["alpha_star"] <= np.inf
     assert params["n_target_cells"] == 120 and params["n_background_cells"] == 120 and params["n_other_cells"] == 0
@@ -87,13 +87,14 @@ def test_uns_enrichment(fitted):
     table = fitted.uns["bcnmf"]["enrichment"]
     assert list(table.index) == TOPICS
     assert list(table.columns) == [
-        "kind", "target_mean", "background_mean", "log2fc", "auroc", "leakage", "pval", "enriched", "stability"
+        "kind", "target_mean", "background_mean", "log2fc", "auroc", "active_share", "leakage", "pval", "enriched",
+        "stability",
     ]
     usages, is_target = fitted.obsm["bcnmf"], (fitted.obs["condition"] == "target").to_numpy()
     np.testing.assert_allclose(table["target_mean"], usages[is_target].mean(axis=0))
     np.testing.assert_allclose(table["background_mean"], usages[~is_target].mean(axis=0))
     assert table.loc[["target_1", "target_2"], "enriched"].all()
-    assert not table.loc[TOPICS[:4], "enriched"].any()
+    assert not table.loc[TOPICS[:5], "enriched"].any()
     assert (table.loc[["target_1", "target_2"], "leakage"] < 0.2).all()
 
 
@@ -238,7 +239,7 @@ ERRORS = [
     (dict(background_key="label", background=None), _strings_column, ValueError, "needs a boolean column"),
     (dict(n_topics=150, n_target_topics=2), None, ValueError, "fewer than n_topics=150"),
     (dict(n_topics=0), None, ValueError, "n_topics must be a positive integer"),
-    (dict(n_target_topics=6), None, ValueError, "n_target_topics must be between 1 and"),
+    (dict(n_target_topics=7), None, ValueError, "n_target_topics must be between 1 and"),
     (dict(model="contrastive", n_target_topics=2), None, ValueError, "n_target_topics applies only"),
     (dict(model="pca"), None, ValueError, "model must be one of"),
     (dict(likelihood="nb"), None, ValueError, "likelihood must be one of"),

@@ -38,7 +38,7 @@ def test_held_out_cells_and_gene_order():
     np.testing.assert_allclose(shuffled.obsm["proj"], new.obsm["proj"], rtol=1e-4, atol=1e-6)
     # the target topics tell the held-out target cells from the held-out background (training cells: 0.86)
     is_target = (new.obs["condition"] == "target").to_numpy()
-    target_usage = new.obsm["proj"][:, 4:].sum(axis=1, keepdims=True)
+    target_usage = new.obsm["proj"][:, 5:].sum(axis=1, keepdims=True)
     assert auroc(target_usage[is_target], target_usage[~is_target])[0] > 0.8
 
 
@@ -55,7 +55,7 @@ def test_layer_backed_and_copy(fitted, tmp_path):
     new.layers["raw"] = new.X.copy()
     new.X = new.X * 0  # the layer must be used, not X
     result = bc.tl.project(new, reference=fitted, layer="raw", copy=True)
-    assert "bcnmf" not in new.obsm and result.obsm["bcnmf"].shape == (new.n_obs, 6)
+    assert "bcnmf" not in new.obsm and result.obsm["bcnmf"].shape == (new.n_obs, 7)
     path = tmp_path / "new.h5ad"
     plain = small_adata(random_state=3)
     plain.write_h5ad(path)

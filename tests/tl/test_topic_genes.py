@@ -58,11 +58,11 @@ def test_layout_matches_rank_genes_groups(fitted):
 def test_scanpy_readers_and_plot_work_unchanged(fitted, tmp_path):
     table = sc.get.rank_genes_groups_df(fitted, group=None, key="bcnmf_genes")
     assert list(table.columns) == ["group", "names", "scores", "logfoldchanges", "pvals", "pvals_adj"]
-    assert len(table) == 6 * 100
+    assert len(table) == 7 * 100
     one = sc.get.rank_genes_groups_df(fitted, group="target_1", key="bcnmf_genes")
     assert list(one["names"]) == list(fitted.uns["bcnmf_genes"]["names"]["target_1"])
     axes = sc.pl.rank_genes_groups(fitted, key="bcnmf_genes", n_genes=5, show=False)
-    assert len(axes) == 6 and axes[4].get_title() == "target_1 vs. rest"
+    assert len(axes) == 7 and axes[5].get_title() == "target_1 vs. rest"
     path = tmp_path / "fit.h5ad"
     fitted.write_h5ad(path)
     back = ad.read_h5ad(path)
