@@ -3,6 +3,8 @@
 ::
 
     bcnmf-sc fit IN.h5ad --background-key condition --background ctrl -o OUT.h5ad [--plots DIR]
+    bcnmf-sc sweep IN.h5ad --background-key condition --background ctrl -o OUT.h5ad \
+        --n-topics 5 10 15 --n-target-topics 1 2 3 [--refit] [--plots DIR]
     bcnmf-sc demo [--out DIR]
 
 Output is written to a temporary file next to the destination and renamed into place, so a failed run
@@ -36,10 +38,10 @@ class UsageError(Exception):
     """A problem with the command line itself (exit status 2)."""
 
 
-def _defaults() -> dict:
-    from .tl import bcnmf
+def _defaults(function: str = "bcnmf") -> dict:
+    from . import tl
 
-    return {name: p.default for name, p in inspect.signature(bcnmf).parameters.items()}
+    return {name: p.default for name, p in inspect.signature(getattr(tl, function)).parameters.items()}
 
 
 def _add_fit_options(parser: argparse.ArgumentParser) -> None:
@@ -52,13 +54,43 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--model", choices=("shared_target", "contrastive"), default=d["model"], help="%(default)s")
     group.add_argument("--alpha", type=float, default=d["alpha"],
                        help="contrastive model: weight of the background loss (%(default)s)")
+    group.add_argument("--unsafe-alpha", choices=("raise", "clip"), default=d["unsafe_alpha"], help="%(default)s")
+    _add_shared_options(parser, group, d)
+    group.add_argument("--n-starts", type=int, default=d["n_starts"], help="independent starts (%(default)s)")
+    group.add_argument("--key-added", default=d["key_added"], help="key of the results (%(default)s)")
+
+
+def _add_sweep_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per argument of :func:`bcnmf_sc.tl.bcnmf_sweep`; the settings to try take several values."""
+    d = _defaults("bcnmf_sweep")
+    group = parser.add_argument_group("settings to try (see bcnmf_sc.tl.bcnmf_sweep)")
+    group.add_argument("--n-topics", type=int, nargs="+", default=list(d["n_topics"]), metavar="K",
+                       help="numbers of topics (%(default)s)")
+    group.add_argument("--n-target-topics", type=int, nargs="+", default=d["n_target_topics"], metavar="K_T",
+                       help="shared_target model: numbers of target topics (default max(1, K // 5) for each K)")
+    group.add_argument("--model", choices=("shared_target", "contrastive"), default=d["model"], help="%(default)s")
+    group.add_argument("--alpha", type=float, nargs="+", default=d["alpha"], metavar="A",
+                       help="contrastive model: α values (default 0 0.25 0.5 1 2 4)")
+    group.add_argument("--n-seeds", type=int, default=d["n_seeds"], help="seeds, each with its own split (%(default)s)")
+    group.add_argument("--test-size", type=float, default=d["test_size"], help="held-out fraction (%(default)s)")
+    group.add_argument("--max-leakage", type=float, default=d["max_leakage"], help="'leaky' flag (%(default)s)")
+    group.add_argument("--min-stability", type=float, default=d["min_stability"],
+                       help="'unstable' flag (%(default)s)")
+    _add_shared_options(parser, group, d)
+    group.add_argument("--n-starts", type=int, default=d["n_starts"], help="starts per fit (%(default)s)")
+    group.add_argument("--key-added", default=d["key_added"], help="key of the sweep results (%(default)s)")
+    group.add_argument("--refit", action="store_true",
+                       help="also fit the recommended setting on all cells (tl.bcnmf, results under 'bcnmf')")
+
+
+def _add_shared_options(parser: argparse.ArgumentParser, group, d: dict) -> None:
+    """The data and engine flags that tl.bcnmf and tl.bcnmf_sweep have in common."""
     group.add_argument("--likelihood", choices=("poisson", "gaussian"), default=d["likelihood"],
                        help="poisson for raw counts, gaussian for continuous data (%(default)s)")
     group.add_argument("--layer", default=d["layer"], help="layer holding the data (default: X)")
     group.add_argument("--mask-var", default=None, metavar="COLUMN",
                        help="boolean var column of the genes to fit; 'none' for all genes "
                        "(default: highly_variable when present, else all)")
-    group.add_argument("--unsafe-alpha", choices=("raise", "clip"), default=d["unsafe_alpha"], help="%(default)s")
     group = parser.add_argument_group("fitting")
     group.add_argument("--batch-size", type=int, default=d["batch_size"], help="cells per minibatch (%(default)s)")
     group.add_argument("--usage-steps", type=int, default=d["usage_steps"],
@@ -66,11 +98,9 @@ def _add_fit_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--w-update", choices=("epoch", "online"), default=d["w_update"], help="%(default)s")
     group.add_argument("--max-epochs", type=int, default=d["max_epochs"], help="%(default)s")
     group.add_argument("--tol", type=float, default=d["tol"], help="relative objective change to stop (%(default)s)")
-    group.add_argument("--n-starts", type=int, default=d["n_starts"], help="independent starts (%(default)s)")
     group.add_argument("--device", default=d["device"], help="auto, cpu or cuda[:i] (%(default)s)")
     group.add_argument("--random-state", type=int, default=d["random_state"], help="seed (%(default)s)")
     group.add_argument("--no-progress", action="store_true", help="hide the progress bar")
-    group.add_argument("--key-added", default=d["key_added"], help="key of the results (%(default)s)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -82,16 +112,16 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     fit = commands.add_parser("fit", help="fit bcNMF on an h5ad file", description="Fit bcNMF on IN and write OUT.")
-    fit.add_argument("input", type=Path, metavar="IN.h5ad", help="input file (only read)")
-    fit.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.h5ad", help="output file")
-    fit.add_argument("--background-key", required=True, help="obs column telling target and background apart")
-    fit.add_argument("--background", nargs="+", default=None, metavar="V",
-                     help="value(s) of the column marking background cells (omit for a boolean column)")
-    fit.add_argument("--target", nargs="+", default=None, metavar="V", help="value(s) marking target cells")
-    fit.add_argument("--backed", action="store_true", help="read the input backed (cells in chunks from disk)")
-    fit.add_argument("--plots", type=Path, default=None, metavar="DIR", help="also write PNG plots into DIR")
-    fit.add_argument("--force", action="store_true", help="overwrite an existing output")
+    _add_file_options(fit)
     _add_fit_options(fit)
+
+    sweep = commands.add_parser(
+        "sweep", help="choose the number of topics and α (or the shared/target split) without labels",
+        description="Run tl.bcnmf_sweep on IN, write OUT with the sweep in uns, and report the recommended "
+        "setting (with --refit, also fit it on all cells).",
+    )
+    _add_file_options(sweep)
+    _add_sweep_options(sweep)
 
     demo = commands.add_parser(
         "demo", help="run on the bundled Kang PBMC data (ctrl vs IFN-β)",
@@ -104,18 +134,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fit_kwargs(args: argparse.Namespace) -> dict:
-    mask_var = args.mask_var
+def _add_file_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("input", type=Path, metavar="IN.h5ad", help="input file (only read)")
+    parser.add_argument("-o", "--output", type=Path, required=True, metavar="OUT.h5ad", help="output file")
+    parser.add_argument("--background-key", required=True, help="obs column telling target and background apart")
+    parser.add_argument("--background", nargs="+", default=None, metavar="V",
+                        help="value(s) of the column marking background cells (omit for a boolean column)")
+    parser.add_argument("--target", nargs="+", default=None, metavar="V", help="value(s) marking target cells")
+    parser.add_argument("--backed", action="store_true", help="read the input backed (cells in chunks from disk)")
+    parser.add_argument("--plots", type=Path, default=None, metavar="DIR", help="also write PNG plots into DIR")
+    parser.add_argument("--force", action="store_true", help="overwrite an existing output")
+
+
+def _common_kwargs(args: argparse.Namespace) -> dict:
     kwargs = dict(
-        n_topics=args.n_topics, n_target_topics=args.n_target_topics, model=args.model, alpha=args.alpha,
-        likelihood=args.likelihood, layer=args.layer, batch_size=args.batch_size, usage_steps=args.usage_steps,
-        w_update=args.w_update, max_epochs=args.max_epochs, tol=args.tol, n_starts=args.n_starts,
-        unsafe_alpha=args.unsafe_alpha, device=args.device, random_state=args.random_state,
-        progress=not args.no_progress, key_added=args.key_added,
+        model=args.model, likelihood=args.likelihood, layer=args.layer, batch_size=args.batch_size,
+        usage_steps=args.usage_steps, w_update=args.w_update, max_epochs=args.max_epochs, tol=args.tol,
+        n_starts=args.n_starts, device=args.device, random_state=args.random_state, progress=not args.no_progress,
+        key_added=args.key_added,
     )
-    if mask_var is not None:
-        kwargs["mask_var"] = None if mask_var.lower() == "none" else mask_var
+    if args.mask_var is not None:
+        kwargs["mask_var"] = None if args.mask_var.lower() == "none" else args.mask_var
     return kwargs
+
+
+def _sweep_kwargs(args: argparse.Namespace) -> dict:
+    return dict(
+        n_topics=args.n_topics, n_target_topics=args.n_target_topics, alpha=args.alpha, n_seeds=args.n_seeds,
+        test_size=args.test_size, max_leakage=args.max_leakage, min_stability=args.min_stability,
+        **_common_kwargs(args),
+    )
+
+
+def _fit_kwargs(args: argparse.Namespace) -> dict:
+    return dict(n_topics=args.n_topics, n_target_topics=args.n_target_topics, alpha=args.alpha,
+                unsafe_alpha=args.unsafe_alpha, **_common_kwargs(args))
 
 
 def _levels(adata: ad.AnnData, key: str, values: Sequence[str] | None) -> list | None:
@@ -152,8 +205,9 @@ def _write_atomic(adata: ad.AnnData, path: Path) -> None:
     logger.info("wrote %s", path)
 
 
-def _save_plots(adata: ad.AnnData, key: str, directory: Path) -> list[Path]:
-    """PNG plots of a fit: ranked topic genes, target-vs-background usage, training history."""
+def _save_plots(adata: ad.AnnData, key: str, directory: Path,
+                names: Sequence[str] = ("topic_genes", "usage", "history")) -> list[Path]:
+    """PNG plots of a fit (ranked topic genes, target-vs-background usage, training history) or of a sweep."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, never a window
@@ -163,7 +217,7 @@ def _save_plots(adata: ad.AnnData, key: str, directory: Path) -> list[Path]:
 
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name in ("topic_genes", "usage", "history"):
+    for name in names:
         plot = getattr(pl, name, None)
         if plot is None:
             raise RuntimeError(f"bcnmf_sc.pl.{name} is not available in this installation; no plots written.")
@@ -218,6 +272,54 @@ def _run_fit(args: argparse.Namespace) -> None:
             adata.file.close()
 
 
+def _sweep_summary(adata: ad.AnnData, key: str) -> str:
+    """One line on the recommended setting of a sweep."""
+    result = adata.uns[key]
+    recommended = result.get("recommended")
+    if not recommended:
+        return "sweep: no setting could be recommended (every setting unsafe, collapsed or a poor fit)"
+    table = result["table"]
+    row = table[table["recommended"].astype(bool)].iloc[0]
+    shown = {k: recommended[k] for k in ("model", "n_topics", "n_target_topics", "alpha") if k in recommended}
+    flags = row["flags"] or "none"
+    return (f"sweep: recommended {', '.join(f'{k}={v}' for k, v in shown.items())} "
+            f"(held-out target loss {row['target_loss']:.4g}, leakage {row['leakage']:.3f}, "
+            f"stability {row['stability_min']:.3f}, flags: {flags}); refit with tl.bcnmf(adata, "
+            f"**adata.uns[{key!r}]['recommended'])")
+
+
+def _run_sweep(args: argparse.Namespace) -> None:
+    from .tl import bcnmf, bcnmf_sweep
+
+    if not args.input.is_file():
+        raise FileNotFoundError(f"input {args.input} does not exist or is not a file.")
+    _check_output(args.output, force=args.force, inputs=[args.input])
+    adata = ad.read_h5ad(args.input, backed="r" if args.backed else None)
+    try:
+        logger.info("read %s: %d cells × %d genes%s", args.input, adata.n_obs, adata.n_vars,
+                    " (backed)" if args.backed else "")
+        background = _levels(adata, args.background_key, args.background)
+        target = _levels(adata, args.background_key, args.target)
+        bcnmf_sweep(adata, background_key=args.background_key, background=background, target=target,
+                    **_sweep_kwargs(args))
+        logger.info(_sweep_summary(adata, args.key_added))
+        recommended = adata.uns[args.key_added].get("recommended")
+        if args.refit and recommended:
+            bcnmf(adata, **{**recommended, "progress": not args.no_progress})
+        elif args.refit:
+            raise ValueError("--refit: the sweep recommended no setting, so there is nothing to refit.")
+        _write_atomic(adata, args.output)
+        if args.refit:
+            logger.info(_summary(adata, "bcnmf"))
+        if args.plots is not None:
+            _save_plots(adata, args.key_added, args.plots, names=("sweep", "stability"))
+            if args.refit:
+                _save_plots(adata, "bcnmf", args.plots)
+    finally:
+        if adata.isbacked:
+            adata.file.close()
+
+
 def _run_demo(args: argparse.Namespace) -> None:
     from . import datasets
     from .tl import bcnmf
@@ -252,10 +354,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     handler = _configure_logging(args.verbose)
     try:
-        if args.command == "fit":
-            _run_fit(args)
-        else:
-            _run_demo(args)
+        {"fit": _run_fit, "sweep": _run_sweep, "demo": _run_demo}[args.command](args)
     except UsageError as error:
         sys.stderr.write(f"bcnmf-sc: error: {error}\n")
         return 2

@@ -16,6 +16,8 @@ import scipy.sparse as sp
 import bcnmf_sc as bc
 from bcnmf_sc._cli import _parser, main
 
+from .tl.sweep_helpers import programs_adata
+
 FAST = ["--n-topics", "6", "--n-target-topics", "2", "--max-epochs", "20", "--n-starts", "1", "--no-progress"]
 
 
@@ -55,14 +57,52 @@ def test_fit_writes_results_and_leaves_input_alone(h5ad, tmp_path, capsys):
     assert f"wrote {out}" in err and "most target-enriched topic " in err
 
 
-def test_every_tl_argument_has_a_flag():
-    fit = next(a for a in _parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("fit"))
-    flags = {option for action in fit._actions for option in action.option_strings}
-    for name in inspect.signature(bc.tl.bcnmf).parameters:
-        if name in ("adata", "copy"):
+@pytest.mark.parametrize(("command", "function", "skipped"), [
+    ("fit", bc.tl.bcnmf, ()),
+    ("sweep", bc.tl.bcnmf_sweep, ("keep_loadings", "warm_start")),  # storage / path options, defaults kept
+])
+def test_every_tl_argument_has_a_flag(command, function, skipped):
+    parser = _parser()._subparsers._group_actions[0].choices[command]
+    flags = {option for action in parser._actions for option in action.option_strings}
+    for name in inspect.signature(function).parameters:
+        if name in ("adata", "copy", *skipped):
             continue
         flag = "--no-progress" if name == "progress" else "--" + name.replace("_", "-")
-        assert flag in flags, f"tl.bcnmf argument {name!r} has no flag {flag}"
+        assert flag in flags, f"tl.{function.__name__} argument {name!r} has no flag {flag}"
+
+
+def test_sweep_writes_the_sweep_refits_the_recommendation_and_leaves_input_alone(tmp_path, capsys):
+    h5ad = tmp_path / "programs.h5ad"
+    programs_adata().write_h5ad(h5ad)  # 3 shared + 2 target programs
+    before = _digest(h5ad)
+    out, plots = tmp_path / "sweep.h5ad", tmp_path / "plots"
+    code = main(["sweep", str(h5ad), "--background-key", "condition", "--background", "background", "-o", str(out),
+                 "--n-topics", "4", "5", "--n-target-topics", "2", "--n-seeds", "2", "--max-epochs", "60",
+                 "--refit", "--plots", str(plots), "--no-progress"])
+    assert code == 0
+    assert _digest(h5ad) == before
+    result = ad.read_h5ad(out)
+    sweep = result.uns["bcnmf_sweep"]
+    table = sweep["table"]
+    assert list(table["n_topics"]) == [4, 5] and table["recommended"].tolist() == [False, True]
+    recommended = sweep["recommended"]
+    assert recommended["n_topics"] == 5 and recommended["n_target_topics"] == 2 and recommended["max_epochs"] == 60
+    # --refit: tl.bcnmf on all cells with the recommended arguments
+    params = result.uns["bcnmf"]["params"]
+    assert params["n_topics"] == 5 and params["n_target_topics"] == 2 and params["n_starts"] >= 3
+    assert result.obsm["bcnmf"].shape == (result.n_obs, 5)
+    assert {"bcnmf_sweep_sweep.png", "bcnmf_sweep_stability.png", "bcnmf_usage.png"} <= {p.name for p in plots.iterdir()}
+    err = capsys.readouterr().err
+    assert "sweep: recommended model=shared_target, n_topics=5, n_target_topics=2" in err
+    assert "most target-enriched topic" in err and f"wrote {out}" in err
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")] == []
+
+
+def test_sweep_errors_are_one_line(h5ad, tmp_path, capsys):
+    code = main(["sweep", str(h5ad), "--background-key", "condition", "--background", "background", "-o",
+                 str(tmp_path / "s.h5ad"), "--n-topics", "500", "--no-progress"])
+    assert code == 1 and not (tmp_path / "s.h5ad").exists()
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith("bcnmf-sc: error: the target group has 100 cells")
 
 
 def test_flags_reach_tl_bcnmf(h5ad, tmp_path):
