@@ -106,6 +106,19 @@ class SparseBatch:
     def to_dense(self) -> torch.Tensor:
         return self.csr().to_dense()
 
+    def take_rows(self, rows: torch.Tensor) -> SparseBatch:
+        """The batch of the rows at ``rows`` (sorted int64 positions), row-major only, O(nnz)."""
+        counts = torch.diff(self.crow)[rows]
+        crow = torch.zeros(len(rows) + 1, dtype=self.crow.dtype, device=self.crow.device)
+        torch.cumsum(counts, dim=0, out=crow[1:])
+        # position of every kept non-zero in this batch: its row's start plus its rank within the row
+        starts = torch.repeat_interleave(self.crow[:-1][rows] - crow[:-1], counts)
+        keep = starts + torch.arange(int(crow[-1]), device=starts.device, dtype=starts.dtype)
+        values = self.values[keep]
+        return SparseBatch(len(rows), self.n_cols, crow, self.col[keep], values,
+                           sum_x=float(values.sum(dtype=torch.float64)),
+                           sum_sq=float(torch.dot(values.double(), values.double())))
+
     def sum(self, dim: int, keepdim: bool = False) -> torch.Tensor:
         """Row (``dim=1``) or column (``dim=0``) sums, like :meth:`torch.Tensor.sum` on the dense batch."""
         if dim in (1, -1):

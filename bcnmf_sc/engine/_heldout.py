@@ -20,7 +20,7 @@ import math
 import numpy as np
 import torch
 
-from ._batches import BatchPlan
+from ._batches import BatchPlan, SparseBatch
 from ._device import resolve_device
 from ._source import as_source
 from ._updates import EPS, batch_loss, update_usages
@@ -33,21 +33,29 @@ def solve_batch(
 
     Each cell stops on its own relative change (below ``tol``, checked every 10 updates) or after
     ``max_steps`` updates: a batch-wide criterion would make a cell's usages depend on which cells share
-    its batch, i.e. on ``batch_size`` and on how the cells were grouped.
+    its batch, i.e. on ``batch_size`` and on how the cells were grouped. Cells are independent given
+    ``w``, so the finished ones are dropped from the batch as they stop (no work is spent on them).
     """
     k = w.shape[1]
     col_sums = w.sum(dim=0).mean().clamp_min(EPS)
     u = (x.sum(dim=1, keepdim=True).clamp_min(1e-6) / (k * col_sums)).expand(-1, k).clone()
     if mask is not None:
         u = u * mask
-    done = torch.zeros(u.shape[0], dtype=torch.bool, device=u.device)
+    active = torch.arange(u.shape[0], device=u.device)  # rows of u still updating
+    x_active, u_active = x, u
     for _ in range(0, max_steps, 10):
-        new_u = update_usages(x, u, w, likelihood=likelihood, n_steps=10, mask=mask)
-        change = (new_u - u).abs().sum(dim=1) / u.abs().sum(dim=1).clamp_min(1e-30)
-        u = torch.where(done[:, None], u, new_u)
-        done |= change < tol
-        if bool(done.all()):
+        new_u = update_usages(x_active, u_active, w, likelihood=likelihood, n_steps=10, mask=mask)
+        change = (new_u - u_active).abs().sum(dim=1) / u_active.abs().sum(dim=1).clamp_min(1e-30)
+        running = change >= tol
+        u[active] = new_u
+        if not bool(running.any()):
             break
+        if bool(running.all()):
+            u_active = new_u
+            continue
+        keep = running.nonzero().squeeze(1)
+        active, u_active = active[keep], new_u[keep]
+        x_active = x_active.take_rows(keep) if isinstance(x_active, SparseBatch) else x_active[keep]
     return u
 
 

@@ -369,24 +369,26 @@ class BCNMF:
             scale = torch.from_numpy(np.maximum(row_sums, 1e-6))[:, None] / n
             return scale * (0.5 + random_rows(generator, source, n))
 
-        u_target = random_usages(t_sum.row_sums, k, target)
-        u_background = random_usages(b_sum.row_sums, k, background)
+        # on the device in the compute dtype right away: float64 cells × topics copies would stay alive
+        # through the fit (80 MB at 1M cells and K = 10)
+        u_target = random_usages(t_sum.row_sums, k, target).to(device, dtype)
+        u_background = random_usages(b_sum.row_sums, k, background).to(device, dtype)
         if self._init_loadings is not None:  # warm start: skip the background-only stage
             if self.model == "shared_target":
                 u_background[:, k_s:] = 0
-            run = _Run(self._init_loadings.clone(), u_target.to(device, dtype), u_background.to(device, dtype), seed=seed)
+            run = _Run(self._init_loadings.clone(), u_target, u_background, seed=seed)
             self._epochs(run, target, background, rng, stage="fit", max_epochs=self.max_epochs)
             return run
         if self.model == "contrastive":
-            run = _Run(random_loadings(profile, k), u_target.to(device, dtype), u_background.to(device, dtype), seed=seed)
+            run = _Run(random_loadings(profile, k), u_target, u_background, seed=seed)
             self._epochs(run, target, background, rng, stage="fit", max_epochs=self.max_epochs)
             return run
 
         # shared + target: learn the shared topics on the background alone, then add target topics
         # initialised on what the shared topics leave unexplained in the target
-        u_background[:, k_s:] = 0
-        run = _Run(random_loadings(profile, k_s), u_target[:, :k_s].to(device, dtype),
-                   u_background[:, :k_s].to(device, dtype), seed=seed)
+        run = _Run(random_loadings(profile, k_s), u_target[:, :k_s].contiguous(), u_background[:, :k_s].contiguous(),
+                   seed=seed)
+        del u_target, u_background
         init_epochs = max(1, min(self.max_epochs // 4, self._background_epochs))
         self._epochs(run, None, background, rng, stage="background", max_epochs=init_epochs)
         if run.collapsed:
@@ -421,7 +423,8 @@ class BCNMF:
             for positions, x in self._plans[id(target)].epoch():
                 run.u_target[positions] = update_usages(x, run.u_target[positions], w_start,
                                                         likelihood=self.likelihood, n_steps=20, mask=None)
-        run.u_background = torch.cat([run.u_background, u_background[:, k_s:].to(device, dtype)], dim=1)
+        run.u_background = torch.cat(
+            [run.u_background, torch.zeros(run.u_background.shape[0], k_t, device=device, dtype=dtype)], dim=1)
         self._epochs(run, target, background, rng, stage="fit", max_epochs=self.max_epochs)
         return run
 

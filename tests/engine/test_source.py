@@ -171,3 +171,17 @@ def test_no_whole_matrix_conversion(fmt):
     assert _peak_bytes(lambda: src.read(np.arange(100, 200))) < 0.05 * size
     # per-row bookkeeping (row sums, batch indices) costs ~30 bytes a cell against 160 for a float32 copy
     assert _peak_bytes(lambda: src.summarize(batch_size=100)) < 0.4 * size
+
+
+def test_mixed_index_dtypes_are_aligned_without_copying_the_non_zeros():
+    """h5ad files often pair int32 indices with an int64 indptr; scipy would then cast the whole index
+    array on every row selection. The source shares data and indices and copies only indptr."""
+    x = sp.random(300, 40, density=0.2, format="csr", dtype=np.float32, random_state=0)
+    x.indptr = x.indptr.astype(np.int64)
+    source = RowSource(x)
+    assert source.matrix.indptr.dtype == source.matrix.indices.dtype == np.int32
+    assert np.shares_memory(source.matrix.data, x.data) and np.shares_memory(source.matrix.indices, x.indices)
+    assert x.indptr.dtype == np.int64  # the caller's matrix is untouched
+    rows = np.array([3, 7, 8, 150, 299])
+    picked = RowSource(x, rows=rows).read_csr(np.arange(len(rows)))
+    np.testing.assert_array_equal(picked.toarray(), x[rows].toarray())
