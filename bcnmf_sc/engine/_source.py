@@ -99,7 +99,7 @@ class RowSource:
                 matrix = sp.csr_matrix(matrix)  # one nnz-sized copy; row slicing of CSC is slow
             elif sp.issparse(matrix):
                 matrix = _same_index_dtypes(matrix)
-            elif not sp.issparse(matrix):
+            else:
                 matrix = np.asarray(matrix)
                 if matrix.ndim != 2:
                     raise ValueError(f"{name} must be a 2-D matrix, got shape {matrix.shape}.")
