@@ -180,6 +180,44 @@ def test_plan_splits_exactly_and_contiguous_views_share_memory():
     assert all(np.all(np.diff(p) > 0) for p in random.positions)
 
 
+@pytest.mark.parametrize("n_genes", [10, 40_000])
+def test_cached_batches_keep_compact_indices_and_deliver_the_same_batch(n_genes):
+    x = sp.random(60, n_genes, density=2.0 / n_genes * 5, format="csr", random_state=0, dtype=np.float32)
+    x.data = np.ceil(x.data * 5)
+    rows = np.arange(0, 60, 2)  # gathered rows: the row-major copy is cached too
+    plan = BatchPlan(RowSource(x, rows=rows), 3, device=torch.device("cpu"), dtype=torch.float32, sparse=True,
+                     expected_nnz=x.nnz)
+    for i, positions in enumerate(plan.positions):
+        delivered = plan.get(i)
+        cached = plan._cached[i]
+        compact = torch.int16 if n_genes <= 32_767 else torch.int32
+        assert cached.col.dtype == compact and cached.t_row.dtype == torch.int16  # batches of ≤ 32,767 cells
+        assert delivered.col.dtype == delivered.t_row.dtype == torch.int32  # what the sparse kernels take
+        expected = x[rows[positions]].toarray()
+        np.testing.assert_array_equal(delivered.to_dense().numpy(), expected)
+        np.testing.assert_array_equal(delivered.csr_t().to_dense().numpy(), expected.T)
+
+
+@pytest.mark.parametrize("w_update", ["epoch", "online"])
+def test_compact_indices_give_exactly_the_int32_fit(groups, monkeypatch, w_update):
+    x, y = groups
+    order = np.random.default_rng(0).permutation(x.shape[0] + y.shape[0])
+    mixed = sp.csr_matrix(sp.vstack([x, y], format="csr")[order])
+    is_target = order < x.shape[0]
+
+    def fit():
+        target = RowSource(mixed, rows=np.flatnonzero(is_target))  # gathered: both copies compact
+        background = RowSource(mixed, rows=np.flatnonzero(~is_target))
+        return BCNMF(4, batch_size=40, max_epochs=8, tol=0, n_starts=1, w_update=w_update, random_state=3).fit(
+            target, background)
+
+    compact = fit()
+    monkeypatch.setattr(batches_module, "COMPACT_INDEX_MAX", -1)
+    wide = fit()
+    np.testing.assert_array_equal(compact.loadings_, wide.loadings_)
+    np.testing.assert_array_equal(compact.target_usages_, wide.target_usages_)
+
+
 def test_summary_of_sparse_data_matches_dense_computation():
     x = _sparse_counts(40, 12, 0.3, seed=3)
     summary = RowSource(x, rows=np.arange(3, 37)).summarize(batch_size=7)
