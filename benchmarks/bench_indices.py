@@ -15,6 +15,7 @@ import argparse
 import statistics
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from _common import environment, make_data, markdown_table
 
@@ -28,8 +29,6 @@ def sources(x, y, layout: str) -> tuple[RowSource, RowSource]:
     if layout == "views":
         return RowSource(x, name="target"), RowSource(y, name="background")
     # the two groups' rows interleaved in one matrix, each group read through its positions (a gather)
-    import scipy.sparse as sp
-
     perm = np.random.default_rng(0).permutation(x.shape[0] + y.shape[0])
     mixed = sp.csr_matrix(sp.vstack([x, y], format="csr")[perm])
     is_target = perm < x.shape[0]
